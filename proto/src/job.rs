@@ -1,0 +1,309 @@
+//! Jobs as the replicated log knows them: the spec a client submitted, the states a job moves through,
+//! log lines, and the commands (Raft entries) that move it.
+//!
+//! JSON payloads are kept as JSON text, not `serde_json::Value`: bincode cannot encode self-describing
+//! values, and text keeps the exact bytes a client sent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppId, ModelId, NodeId, RequestId};
+
+/// fal's `X-Fal-Queue-Priority`: `normal` jobs run before `low` ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub enum Priority {
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Some(Self::Normal),
+            "low" => Some(Self::Low),
+            _ => None,
+        }
+    }
+
+    /// Sort rank: lower runs first.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Normal => 0,
+            Self::Low => 1,
+        }
+    }
+}
+
+/// How the client waits for the result: polling the queue, or holding a sync connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SubmitMode {
+    #[default]
+    Queue,
+    Sync,
+    Stream,
+}
+
+/// Everything a client asked for, fixed at submit time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub request_id: RequestId,
+    pub model: ModelId,
+    /// The input object as JSON text.
+    pub input_json: String,
+    pub webhook_url: Option<String>,
+    pub priority: Priority,
+    /// `X-Fal-Request-Timeout`: the job must start within this many ms of submission.
+    pub start_timeout_ms: Option<u64>,
+    pub runner_hint: Option<String>,
+    /// `X-Fal-No-Retry`: a job whose worker dies is failed instead of queued again.
+    pub no_retry: bool,
+    pub mode: SubmitMode,
+    /// The key id that submitted it, when authenticated.
+    pub submitted_by: Option<String>,
+    /// The node that accepted the request.
+    pub accepted_by: NodeId,
+    /// The region of the accepting node, when configured.
+    pub accepted_region: Option<String>,
+    /// Milliseconds since the Unix epoch on the accepting node's clock.
+    pub submitted_at_ms: u64,
+}
+
+impl JobSpec {
+    pub fn app(&self) -> &AppId {
+        &self.model.app
+    }
+}
+
+/// fal's log levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Stdout,
+    Stderr,
+    Info,
+    Warn,
+    Error,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn as_fal_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "STDOUT",
+            Self::Stderr => "STDERR",
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+            Self::Debug => "DEBUG",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub timestamp_ms: u64,
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// fal's request error types (`error_type`), with the HTTP status the result endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorType {
+    /// The app itself failed; `detail` carries its message.
+    RunnerError,
+    RequestTimeout,
+    ClientCancelled,
+    RunnerDisconnected,
+    BadRequest,
+    InternalError,
+}
+
+impl ErrorType {
+    pub fn as_fal_str(self) -> &'static str {
+        match self {
+            Self::RunnerError => "runner_server_error",
+            Self::RequestTimeout => "request_timeout",
+            Self::ClientCancelled => "client_cancelled",
+            Self::RunnerDisconnected => "runner_disconnected",
+            Self::BadRequest => "bad_request",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::RunnerError => 500,
+            Self::RequestTimeout => 504,
+            Self::ClientCancelled => 499,
+            Self::RunnerDisconnected => 503,
+            Self::BadRequest => 400,
+            Self::InternalError => 500,
+        }
+    }
+}
+
+/// Why a job did not produce an output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub error_type: ErrorType,
+    pub message: String,
+    /// HTTP status the result endpoint answers with (an app may choose e.g. 422).
+    pub http_status: u16,
+    /// A fal `detail` body chosen by the app (JSON text), replacing the plain message.
+    pub detail_json: Option<String>,
+}
+
+impl JobError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            error_type,
+            message: message.into(),
+            http_status: error_type.http_status(),
+            detail_json: None,
+        }
+    }
+}
+
+/// The outcome recorded once per job; the first recorded one wins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Output { output_json: String },
+    Error(JobError),
+}
+
+/// Where a job is in its life. fal clients only ever see IN_QUEUE, IN_PROGRESS and COMPLETED;
+/// `Cancelled` is shown as COMPLETED with `error_type: client_cancelled`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running {
+        worker: NodeId,
+        /// Attempt number, starting at 1; a stale worker's messages carry an older one.
+        attempt: u32,
+        started_at_ms: u64,
+        lease_until_ms: u64,
+    },
+    Completed {
+        outcome: Outcome,
+        completed_at_ms: u64,
+    },
+    Cancelled {
+        cancelled_at_ms: u64,
+    },
+}
+
+impl JobState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed { .. } | Self::Cancelled { .. })
+    }
+
+    /// fal's status word.
+    pub fn fal_status(&self) -> &'static str {
+        match self {
+            Self::Queued => "IN_QUEUE",
+            Self::Running { .. } => "IN_PROGRESS",
+            Self::Completed { .. } | Self::Cancelled { .. } => "COMPLETED",
+        }
+    }
+}
+
+/// A state change of the job table. Every command carries the proposer's clock reading (`now_ms`),
+/// so that applying a command never reads a clock: replicas and the simulator apply identically.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobCommand {
+    /// Accept a job into the queue.
+    Submit { spec: JobSpec },
+    /// Hand a queued job to a worker with a lease: IN_QUEUE → IN_PROGRESS.
+    Assign {
+        request_id: RequestId,
+        worker: NodeId,
+        lease_ms: u64,
+        now_ms: u64,
+    },
+    /// A worker still runs the job: push its lease forward.
+    RenewLease {
+        request_id: RequestId,
+        worker: NodeId,
+        attempt: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    },
+    /// Log lines a running job wrote.
+    AppendLogs {
+        request_id: RequestId,
+        attempt: u32,
+        lines: Vec<LogLine>,
+    },
+    /// The job produced an output. Ignored unless the job is running under this attempt.
+    Complete {
+        request_id: RequestId,
+        worker: NodeId,
+        attempt: u32,
+        output_json: String,
+        inference_time_ms: u64,
+        now_ms: u64,
+    },
+    /// The job failed.
+    Fail {
+        request_id: RequestId,
+        worker: NodeId,
+        attempt: u32,
+        error: JobError,
+        inference_time_ms: u64,
+        now_ms: u64,
+    },
+    /// A client asked to cancel: a queued job is cancelled at once, a running one is flagged for its worker.
+    RequestCancel { request_id: RequestId, now_ms: u64 },
+    /// The worker stopped a flagged job.
+    Cancel {
+        request_id: RequestId,
+        attempt: u32,
+        now_ms: u64,
+    },
+    /// Time passed: requeue jobs whose lease expired, fail jobs that missed their start deadline.
+    Tick { now_ms: u64 },
+}
+
+impl JobCommand {
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Submit { spec } => Some(&spec.request_id),
+            Self::Assign { request_id, .. }
+            | Self::RenewLease { request_id, .. }
+            | Self::AppendLogs { request_id, .. }
+            | Self::Complete { request_id, .. }
+            | Self::Fail { request_id, .. }
+            | Self::RequestCancel { request_id, .. }
+            | Self::Cancel { request_id, .. } => Some(request_id),
+            Self::Tick { .. } => None,
+        }
+    }
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Submitted; `queue_position` jobs of the same app are ahead of it.
+    Submitted { queue_position: u64 },
+    /// A submit whose request id already exists (a client replay): nothing changed.
+    Duplicate,
+    /// Assigned under this attempt number.
+    Assigned { attempt: u32 },
+    /// Applied.
+    Applied,
+    /// A running job was flagged; its worker will stop it.
+    CancellationRequested,
+    /// A queued job was cancelled outright.
+    Cancelled,
+    /// Ticked: these jobs were requeued or failed.
+    Ticked { requeued: u32, timed_out: u32 },
+    /// Not applied, with the reason (stale attempt, wrong state, unknown job).
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    NotFound,
+    AlreadyCompleted,
+    NotQueued,
+    StaleAttempt,
+}

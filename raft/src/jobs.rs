@@ -1,0 +1,723 @@
+//! The job table: the replicated state machine of runmesh, as a plain value.
+//!
+//! It is fed [`JobCommand`]s in log order and never reads a clock or touches I/O, so every replica, a
+//! restarted node replaying its log, and the simulator reach the same table from the same commands.
+
+use std::collections::{BTreeSet, HashMap};
+
+use runmesh_proto::{
+    AppId, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine, NodeId,
+    Outcome, Rejection, RequestId,
+};
+use serde::{Deserialize, Serialize};
+
+/// Log lines kept per job; older lines are dropped first, so a chatty app cannot grow the log unbounded.
+pub const LOG_LINES_MAX_PER_JOB: usize = 1000;
+
+/// Queue order: priority first, then arrival.
+type QueueKey = (u8, u64, RequestId);
+
+/// One job and everything recorded about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Arrival order in the log (0, 1, 2, ...).
+    pub seq: u64,
+    pub logs: Vec<LogLine>,
+    /// Lines dropped from the front of `logs` because of [`LOG_LINES_MAX_PER_JOB`].
+    pub logs_dropped: u64,
+    /// A client asked to cancel while the job was running.
+    pub cancel_requested: bool,
+    /// How many times the job was handed to a worker.
+    pub attempts: u32,
+    pub started_at_ms: Option<u64>,
+    pub inference_time_ms: Option<u64>,
+}
+
+impl JobRecord {
+    fn queue_key(&self) -> QueueKey {
+        (
+            self.spec.priority.rank(),
+            self.seq,
+            self.spec.request_id.clone(),
+        )
+    }
+
+    fn start_deadline_ms(&self) -> Option<u64> {
+        self.spec
+            .start_timeout_ms
+            .map(|t| self.spec.submitted_at_ms.saturating_add(t))
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct TableData {
+    jobs: Vec<JobRecord>,
+    next_seq: u64,
+}
+
+/// The job table with its indexes. Indexes are derived: a snapshot holds the records alone.
+#[derive(Clone, Debug, Default)]
+pub struct JobTable {
+    jobs: HashMap<RequestId, JobRecord>,
+    next_seq: u64,
+    queued: BTreeSet<QueueKey>,
+    queued_by_app: HashMap<AppId, BTreeSet<QueueKey>>,
+    /// Running jobs by lease expiry, for [`JobCommand::Tick`].
+    leases: BTreeSet<(u64, RequestId)>,
+    /// Queued jobs by start deadline (`X-Fal-Request-Timeout`).
+    start_deadlines: BTreeSet<(u64, RequestId)>,
+}
+
+impl JobTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn get(&self, id: &RequestId) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    /// Jobs ahead of this one in its app's queue (0 = next to run), or `None` when it is not queued.
+    pub fn queue_position(&self, id: &RequestId) -> Option<u64> {
+        let rec = self.jobs.get(id)?;
+        if rec.state != JobState::Queued {
+            return None;
+        }
+        let key = rec.queue_key();
+        let set = self.queued_by_app.get(rec.spec.app())?;
+        Some(set.range(..key).count() as u64)
+    }
+
+    /// Number of queued jobs of one app.
+    pub fn queue_len(&self, app: &AppId) -> usize {
+        self.queued_by_app.get(app).map_or(0, BTreeSet::len)
+    }
+
+    /// Number of queued jobs in total.
+    pub fn queued_total(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Queued jobs in run order (priority, then arrival).
+    pub fn queued_in_order(&self) -> impl Iterator<Item = &JobRecord> + '_ {
+        self.queued.iter().filter_map(|(_, _, id)| self.jobs.get(id))
+    }
+
+    /// Jobs running on `worker`.
+    pub fn running_on(&self, worker: NodeId) -> impl Iterator<Item = &JobRecord> + '_ {
+        self.leases
+            .iter()
+            .filter_map(|(_, id)| self.jobs.get(id))
+            .filter(move |r| matches!(r.state, JobState::Running { worker: w, .. } if w == worker))
+    }
+
+    /// All jobs, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &JobRecord> + '_ {
+        self.jobs.values()
+    }
+
+    /// The earliest instant at which a [`JobCommand::Tick`] would change something.
+    pub fn next_tick_due_ms(&self) -> Option<u64> {
+        let lease = self.leases.first().map(|(t, _)| *t);
+        let deadline = self.start_deadlines.first().map(|(t, _)| *t);
+        match (lease, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies one command. `touched` collects the ids whose state changed, for watchers.
+    pub fn apply(&mut self, cmd: JobCommand, touched: &mut Vec<RequestId>) -> CommandResult {
+        let result = match cmd {
+            JobCommand::Submit { spec } => self.submit(spec, touched),
+            JobCommand::Assign {
+                request_id,
+                worker,
+                lease_ms,
+                now_ms,
+            } => self.assign(request_id, worker, lease_ms, now_ms, touched),
+            JobCommand::RenewLease {
+                request_id,
+                worker,
+                attempt,
+                lease_ms,
+                now_ms,
+            } => self.renew(request_id, worker, attempt, lease_ms, now_ms),
+            JobCommand::AppendLogs {
+                request_id,
+                attempt,
+                lines,
+            } => self.append_logs(request_id, attempt, lines, touched),
+            JobCommand::Complete {
+                request_id,
+                worker,
+                attempt,
+                output_json,
+                inference_time_ms,
+                now_ms,
+            } => self.finish(
+                request_id,
+                worker,
+                attempt,
+                Outcome::Output { output_json },
+                inference_time_ms,
+                now_ms,
+                touched,
+            ),
+            JobCommand::Fail {
+                request_id,
+                worker,
+                attempt,
+                error,
+                inference_time_ms,
+                now_ms,
+            } => self.finish(
+                request_id,
+                worker,
+                attempt,
+                Outcome::Error(error),
+                inference_time_ms,
+                now_ms,
+                touched,
+            ),
+            JobCommand::RequestCancel { request_id, now_ms } => {
+                self.request_cancel(request_id, now_ms, touched)
+            }
+            JobCommand::Cancel {
+                request_id,
+                attempt,
+                now_ms,
+            } => self.cancel_running(request_id, attempt, now_ms, touched),
+            JobCommand::Tick { now_ms } => self.tick(now_ms, touched),
+        };
+        debug_assert!(self.indexes_consistent(), "job table indexes diverged");
+        result
+    }
+
+    fn submit(&mut self, spec: JobSpec, touched: &mut Vec<RequestId>) -> CommandResult {
+        if self.jobs.contains_key(&spec.request_id) {
+            return CommandResult::Duplicate;
+        }
+        let id = spec.request_id.clone();
+        let rec = JobRecord {
+            spec,
+            state: JobState::Queued,
+            seq: self.next_seq,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            cancel_requested: false,
+            attempts: 0,
+            started_at_ms: None,
+            inference_time_ms: None,
+        };
+        self.next_seq += 1;
+        self.index_queued(&rec);
+        self.jobs.insert(id.clone(), rec);
+        let queue_position = self.queue_position(&id).unwrap_or(0);
+        touched.push(id);
+        CommandResult::Submitted { queue_position }
+    }
+
+    fn assign(
+        &mut self,
+        id: RequestId,
+        worker: NodeId,
+        lease_ms: u64,
+        now_ms: u64,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        if rec.state != JobState::Queued {
+            return CommandResult::Rejected(if rec.state.is_terminal() {
+                Rejection::AlreadyCompleted
+            } else {
+                Rejection::NotQueued
+            });
+        }
+        let rec = rec.clone();
+        self.unindex_queued(&rec);
+        let attempt = rec.attempts + 1;
+        let lease_until_ms = now_ms.saturating_add(lease_ms);
+        self.leases.insert((lease_until_ms, id.clone()));
+        if let Some(rec) = self.jobs.get_mut(&id) {
+            rec.attempts = attempt;
+            rec.started_at_ms.get_or_insert(now_ms);
+            rec.state = JobState::Running {
+                worker,
+                attempt,
+                started_at_ms: now_ms,
+                lease_until_ms,
+            };
+        }
+        touched.push(id);
+        CommandResult::Assigned { attempt }
+    }
+
+    fn renew(
+        &mut self,
+        id: RequestId,
+        by: NodeId,
+        by_attempt: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        match &mut rec.state {
+            JobState::Running {
+                worker,
+                attempt,
+                lease_until_ms,
+                ..
+            } if *worker == by && *attempt == by_attempt => {
+                let old = *lease_until_ms;
+                let new = now_ms.saturating_add(lease_ms).max(old);
+                *lease_until_ms = new;
+                self.leases.remove(&(old, id.clone()));
+                self.leases.insert((new, id));
+                CommandResult::Applied
+            }
+            state if state.is_terminal() => CommandResult::Rejected(Rejection::AlreadyCompleted),
+            _ => CommandResult::Rejected(Rejection::StaleAttempt),
+        }
+    }
+
+    fn append_logs(
+        &mut self,
+        id: RequestId,
+        by_attempt: u32,
+        lines: Vec<LogLine>,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        // Lines of a superseded attempt would interleave with the live one's: drop them.
+        if rec.attempts != by_attempt {
+            return CommandResult::Rejected(Rejection::StaleAttempt);
+        }
+        rec.logs.extend(lines);
+        if rec.logs.len() > LOG_LINES_MAX_PER_JOB {
+            let excess = rec.logs.len() - LOG_LINES_MAX_PER_JOB;
+            rec.logs.drain(..excess);
+            rec.logs_dropped += excess as u64;
+        }
+        touched.push(id);
+        CommandResult::Applied
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        id: RequestId,
+        by: NodeId,
+        by_attempt: u32,
+        outcome: Outcome,
+        inference_time_ms: u64,
+        now_ms: u64,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        let lease = match &rec.state {
+            JobState::Running {
+                worker,
+                attempt,
+                lease_until_ms,
+                ..
+            } if *worker == by && *attempt == by_attempt => *lease_until_ms,
+            // The first recorded completion wins: anything after a terminal state is ignored.
+            state if state.is_terminal() => {
+                return CommandResult::Rejected(Rejection::AlreadyCompleted)
+            }
+            _ => return CommandResult::Rejected(Rejection::StaleAttempt),
+        };
+        rec.state = JobState::Completed {
+            outcome,
+            completed_at_ms: now_ms,
+        };
+        rec.inference_time_ms = Some(inference_time_ms);
+        self.leases.remove(&(lease, id.clone()));
+        touched.push(id);
+        CommandResult::Applied
+    }
+
+    fn request_cancel(
+        &mut self,
+        id: RequestId,
+        now_ms: u64,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        match rec.state {
+            JobState::Queued => {
+                let rec = rec.clone();
+                self.unindex_queued(&rec);
+                if let Some(rec) = self.jobs.get_mut(&id) {
+                    rec.state = JobState::Cancelled {
+                        cancelled_at_ms: now_ms,
+                    };
+                }
+                touched.push(id);
+                CommandResult::Cancelled
+            }
+            JobState::Running { .. } => {
+                if let Some(rec) = self.jobs.get_mut(&id) {
+                    rec.cancel_requested = true;
+                }
+                touched.push(id);
+                CommandResult::CancellationRequested
+            }
+            JobState::Completed { .. } | JobState::Cancelled { .. } => {
+                CommandResult::Rejected(Rejection::AlreadyCompleted)
+            }
+        }
+    }
+
+    fn cancel_running(
+        &mut self,
+        id: RequestId,
+        by_attempt: u32,
+        now_ms: u64,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        let lease = match &rec.state {
+            JobState::Running {
+                attempt,
+                lease_until_ms,
+                ..
+            } if *attempt == by_attempt => *lease_until_ms,
+            state if state.is_terminal() => {
+                return CommandResult::Rejected(Rejection::AlreadyCompleted)
+            }
+            _ => return CommandResult::Rejected(Rejection::StaleAttempt),
+        };
+        rec.state = JobState::Cancelled {
+            cancelled_at_ms: now_ms,
+        };
+        self.leases.remove(&(lease, id.clone()));
+        touched.push(id);
+        CommandResult::Cancelled
+    }
+
+    fn tick(&mut self, now_ms: u64, touched: &mut Vec<RequestId>) -> CommandResult {
+        let mut requeued = 0;
+        let mut timed_out = 0;
+        let expired: Vec<(u64, RequestId)> = self
+            .leases
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .cloned()
+            .collect();
+        for key in expired {
+            self.leases.remove(&key);
+            let id = key.1;
+            let Some(rec) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if rec.cancel_requested {
+                rec.state = JobState::Cancelled {
+                    cancelled_at_ms: now_ms,
+                };
+            } else if rec.spec.no_retry {
+                rec.state = JobState::Completed {
+                    outcome: Outcome::Error(JobError::new(
+                        ErrorType::RunnerDisconnected,
+                        "the worker running this request stopped answering",
+                    )),
+                    completed_at_ms: now_ms,
+                };
+            } else {
+                rec.state = JobState::Queued;
+                let rec = rec.clone();
+                self.index_queued(&rec);
+                requeued += 1;
+            }
+            touched.push(id);
+        }
+        let missed: Vec<(u64, RequestId)> = self
+            .start_deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .cloned()
+            .collect();
+        for (_, id) in missed {
+            let Some(rec) = self.jobs.get(&id).cloned() else {
+                continue;
+            };
+            self.unindex_queued(&rec);
+            if let Some(rec) = self.jobs.get_mut(&id) {
+                rec.state = JobState::Completed {
+                    outcome: Outcome::Error(JobError::new(
+                        ErrorType::RequestTimeout,
+                        "Request timed out",
+                    )),
+                    completed_at_ms: now_ms,
+                };
+            }
+            timed_out += 1;
+            touched.push(id);
+        }
+        CommandResult::Ticked {
+            requeued,
+            timed_out,
+        }
+    }
+
+    fn index_queued(&mut self, rec: &JobRecord) {
+        let key = rec.queue_key();
+        self.queued.insert(key.clone());
+        self.queued_by_app
+            .entry(rec.spec.app().clone())
+            .or_default()
+            .insert(key);
+        if let Some(deadline) = rec.start_deadline_ms() {
+            // A requeued job that already started once is not held to its start deadline again.
+            if rec.started_at_ms.is_none() {
+                self.start_deadlines
+                    .insert((deadline, rec.spec.request_id.clone()));
+            }
+        }
+    }
+
+    fn unindex_queued(&mut self, rec: &JobRecord) {
+        let key = rec.queue_key();
+        self.queued.remove(&key);
+        if let Some(set) = self.queued_by_app.get_mut(rec.spec.app()) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.queued_by_app.remove(rec.spec.app());
+            }
+        }
+        if let Some(deadline) = rec.start_deadline_ms() {
+            self.start_deadlines
+                .remove(&(deadline, rec.spec.request_id.clone()));
+        }
+    }
+
+    fn indexes_consistent(&self) -> bool {
+        let queued = self
+            .jobs
+            .values()
+            .filter(|r| r.state == JobState::Queued)
+            .count();
+        let running = self
+            .jobs
+            .values()
+            .filter(|r| matches!(r.state, JobState::Running { .. }))
+            .count();
+        let by_app: usize = self.queued_by_app.values().map(BTreeSet::len).sum();
+        queued == self.queued.len() && by_app == queued && running == self.leases.len()
+    }
+
+    /// Serialises the records (not the indexes) for a Raft snapshot.
+    pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, runmesh_proto::ProtoError> {
+        let mut jobs: Vec<JobRecord> = self.jobs.values().cloned().collect();
+        jobs.sort_by_key(|r| r.seq);
+        runmesh_proto::codec::encode(&TableData {
+            jobs,
+            next_seq: self.next_seq,
+        })
+    }
+
+    /// Rebuilds a table, indexes included, from [`Self::to_snapshot_bytes`].
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, runmesh_proto::ProtoError> {
+        let data: TableData = runmesh_proto::codec::decode(bytes)?;
+        let mut table = Self {
+            next_seq: data.next_seq,
+            ..Self::default()
+        };
+        for rec in data.jobs {
+            match &rec.state {
+                JobState::Queued => table.index_queued(&rec),
+                JobState::Running { lease_until_ms, .. } => {
+                    table
+                        .leases
+                        .insert((*lease_until_ms, rec.spec.request_id.clone()));
+                }
+                _ => {}
+            }
+            table.jobs.insert(rec.spec.request_id.clone(), rec);
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runmesh_proto::{ModelId, Priority, SubmitMode};
+
+    fn spec(model: &str, priority: Priority, timeout: Option<u64>) -> JobSpec {
+        JobSpec {
+            request_id: RequestId::new_random(),
+            model: ModelId::parse(model).unwrap(),
+            input_json: "{}".into(),
+            webhook_url: None,
+            priority,
+            start_timeout_ms: timeout,
+            runner_hint: None,
+            no_retry: false,
+            mode: SubmitMode::Queue,
+            submitted_by: None,
+            accepted_by: 1,
+            accepted_region: None,
+            submitted_at_ms: 1_000,
+        }
+    }
+
+    fn apply(t: &mut JobTable, cmd: JobCommand) -> CommandResult {
+        t.apply(cmd, &mut Vec::new())
+    }
+
+    fn submit(t: &mut JobTable, s: &JobSpec) -> CommandResult {
+        apply(t, JobCommand::Submit { spec: s.clone() })
+    }
+
+    fn assign(t: &mut JobTable, id: &RequestId, now_ms: u64) -> CommandResult {
+        apply(
+            t,
+            JobCommand::Assign {
+                request_id: id.clone(),
+                worker: 7,
+                lease_ms: 1_000,
+                now_ms,
+            },
+        )
+    }
+
+    #[test]
+    fn queue_positions_follow_priority_then_arrival_per_app() {
+        let mut t = JobTable::new();
+        let a = spec("o/a", Priority::Normal, None);
+        let b = spec("o/a/sub", Priority::Low, None);
+        let c = spec("o/a", Priority::Normal, None);
+        let other = spec("o/z", Priority::Normal, None);
+        assert_eq!(submit(&mut t, &a), CommandResult::Submitted { queue_position: 0 });
+        assert_eq!(submit(&mut t, &b), CommandResult::Submitted { queue_position: 1 });
+        assert_eq!(submit(&mut t, &c), CommandResult::Submitted { queue_position: 1 });
+        assert_eq!(submit(&mut t, &other), CommandResult::Submitted { queue_position: 0 });
+        assert_eq!(t.queue_position(&b.request_id), Some(2));
+        assert_eq!(submit(&mut t, &a), CommandResult::Duplicate);
+        let order: Vec<_> = t.queued_in_order().map(|r| r.spec.request_id.clone()).collect();
+        assert_eq!(order, vec![a.request_id.clone(), c.request_id.clone(), other.request_id, b.request_id.clone()]);
+        assign(&mut t, &a.request_id, 2_000);
+        assert_eq!(t.queue_position(&c.request_id), Some(0));
+        assert_eq!(t.queue_position(&a.request_id), None);
+    }
+
+    #[test]
+    fn first_completion_wins_and_stale_attempts_are_ignored() {
+        let mut t = JobTable::new();
+        let s = spec("o/a", Priority::Normal, None);
+        let id = s.request_id.clone();
+        submit(&mut t, &s);
+        assert_eq!(assign(&mut t, &id, 2_000), CommandResult::Assigned { attempt: 1 });
+        // Lease runs out: the job is queued again and handed out under attempt 2.
+        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 3_001 }), CommandResult::Ticked { requeued: 1, timed_out: 0 });
+        assert_eq!(assign(&mut t, &id, 3_100), CommandResult::Assigned { attempt: 2 });
+        let complete = |attempt, out: &str| JobCommand::Complete {
+            request_id: id.clone(),
+            worker: 7,
+            attempt,
+            output_json: out.into(),
+            inference_time_ms: 5,
+            now_ms: 3_200,
+        };
+        assert_eq!(apply(&mut t, complete(1, "\"old\"")), CommandResult::Rejected(Rejection::StaleAttempt));
+        assert_eq!(apply(&mut t, complete(2, "\"new\"")), CommandResult::Applied);
+        assert_eq!(apply(&mut t, complete(2, "\"again\"")), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        match &t.get(&id).unwrap().state {
+            JobState::Completed { outcome: Outcome::Output { output_json }, .. } => assert_eq!(output_json, "\"new\""),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancel_queued_at_once_and_running_through_the_worker() {
+        let mut t = JobTable::new();
+        let q = spec("o/a", Priority::Normal, None);
+        let r = spec("o/a", Priority::Normal, None);
+        submit(&mut t, &q);
+        submit(&mut t, &r);
+        assign(&mut t, &q.request_id, 2_000);
+        let cancel = |id: &RequestId| JobCommand::RequestCancel { request_id: id.clone(), now_ms: 2_100 };
+        assert_eq!(apply(&mut t, cancel(&r.request_id)), CommandResult::Cancelled);
+        assert_eq!(apply(&mut t, cancel(&q.request_id)), CommandResult::CancellationRequested);
+        assert!(t.get(&q.request_id).unwrap().cancel_requested);
+        let stop = JobCommand::Cancel { request_id: q.request_id.clone(), attempt: 1, now_ms: 2_200 };
+        assert_eq!(apply(&mut t, stop), CommandResult::Cancelled);
+        assert_eq!(apply(&mut t, cancel(&q.request_id)), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        // A cancelled job never reports a completion afterwards.
+        let late = JobCommand::Complete { request_id: q.request_id.clone(), worker: 7, attempt: 1, output_json: "1".into(), inference_time_ms: 1, now_ms: 2_300 };
+        assert_eq!(apply(&mut t, late), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        assert_eq!(t.queued_total(), 0);
+    }
+
+    #[test]
+    fn start_deadline_fails_a_job_that_never_started() {
+        let mut t = JobTable::new();
+        let s = spec("o/a", Priority::Normal, Some(500));
+        submit(&mut t, &s);
+        assert_eq!(t.next_tick_due_ms(), Some(1_500));
+        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 1_499 }), CommandResult::Ticked { requeued: 0, timed_out: 0 });
+        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 1_500 }), CommandResult::Ticked { requeued: 0, timed_out: 1 });
+        match &t.get(&s.request_id).unwrap().state {
+            JobState::Completed { outcome: Outcome::Error(e), .. } => assert_eq!(e.error_type, ErrorType::RequestTimeout),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn logs_are_bounded_and_tied_to_the_attempt() {
+        let mut t = JobTable::new();
+        let s = spec("o/a", Priority::Normal, None);
+        submit(&mut t, &s);
+        assign(&mut t, &s.request_id, 2_000);
+        let line = LogLine { timestamp_ms: 1, level: runmesh_proto::LogLevel::Info, message: "x".into() };
+        let lines = vec![line; LOG_LINES_MAX_PER_JOB + 5];
+        let cmd = JobCommand::AppendLogs { request_id: s.request_id.clone(), attempt: 1, lines };
+        assert_eq!(apply(&mut t, cmd), CommandResult::Applied);
+        let rec = t.get(&s.request_id).unwrap();
+        assert_eq!(rec.logs.len(), LOG_LINES_MAX_PER_JOB);
+        assert_eq!(rec.logs_dropped, 5);
+        let stale = JobCommand::AppendLogs { request_id: s.request_id.clone(), attempt: 9, lines: vec![] };
+        assert_eq!(apply(&mut t, stale), CommandResult::Rejected(Rejection::StaleAttempt));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_records_and_indexes() {
+        let mut t = JobTable::new();
+        let specs: Vec<_> = (0..5).map(|_| spec("o/a", Priority::Normal, Some(10_000))).collect();
+        for s in &specs {
+            submit(&mut t, s);
+        }
+        assign(&mut t, &specs[0].request_id, 2_000);
+        let bytes = t.to_snapshot_bytes().unwrap();
+        let back = JobTable::from_snapshot_bytes(&bytes).unwrap();
+        assert_eq!(back.len(), 5);
+        assert!(back.indexes_consistent());
+        assert_eq!(back.queue_position(&specs[4].request_id), Some(3));
+        assert_eq!(back.next_tick_due_ms(), t.next_tick_due_ms());
+        assert_eq!(back.to_snapshot_bytes().unwrap(), bytes);
+    }
+}

@@ -1,0 +1,16 @@
+//! runmesh's replicated job log: openraft over a sled store, with the job table as state machine.
+//!
+//! [`JobLog`] is the one handle the rest of the node uses: propose [`JobCommand`]s (committed through
+//! Raft before they return), read the local [`JobTable`], and watch which jobs changed.
+//! Network and time sit behind seams: Raft RPC goes through [`transport::RaftTransport`], command
+//! timestamps come from a [`runmesh_proto::Clock`].
+
+pub mod jobs;
+pub mod joblog;
+pub mod store;
+pub mod transport;
+pub mod types;
+
+pub use jobs::{JobRecord, JobTable};
+pub use joblog::{JobLog, JobLogConfig, JobLogError};
+pub use types::TypeConfig;
