@@ -179,10 +179,7 @@ impl fmt::Debug for ModelId {
 fn split_legacy_numeric(s: &str) -> Option<(String, String)> {
     let (num, name) = s.split_once('-')?;
     let numeric = !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit());
-    let named = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let named = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     (numeric && named).then(|| (num.to_string(), name.to_string()))
 }
 
@@ -192,8 +189,7 @@ fn validate_segment(s: &str) -> Result<(), ProtoError> {
         && s.len() <= SEGMENT_MAX_LEN
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())

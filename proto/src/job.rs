@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AppId, ModelId, NodeId, RequestId};
 
 /// fal's `X-Fal-Queue-Priority`: `normal` jobs run before `low` ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum Priority {
     #[default]
     Normal,

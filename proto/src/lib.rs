@@ -45,10 +45,7 @@ mod tests {
             accepted_region: None,
             submitted_at_ms: 42,
         };
-        let cmds = vec![
-            JobCommand::Submit { spec },
-            JobCommand::Tick { now_ms: 7 },
-        ];
+        let cmds = vec![JobCommand::Submit { spec }, JobCommand::Tick { now_ms: 7 }];
         let bytes = codec::encode(&cmds).unwrap();
         let back: Vec<JobCommand> = codec::decode(&bytes).unwrap();
         assert_eq!(back, cmds);

@@ -110,7 +110,9 @@ impl JobTable {
 
     /// Queued jobs in run order (priority, then arrival).
     pub fn queued_in_order(&self) -> impl Iterator<Item = &JobRecord> + '_ {
-        self.queued.iter().filter_map(|(_, _, id)| self.jobs.get(id))
+        self.queued
+            .iter()
+            .filter_map(|(_, _, id)| self.jobs.get(id))
     }
 
     /// Jobs running on `worker`.
@@ -612,14 +614,37 @@ mod tests {
         let b = spec("o/a/sub", Priority::Low, None);
         let c = spec("o/a", Priority::Normal, None);
         let other = spec("o/z", Priority::Normal, None);
-        assert_eq!(submit(&mut t, &a), CommandResult::Submitted { queue_position: 0 });
-        assert_eq!(submit(&mut t, &b), CommandResult::Submitted { queue_position: 1 });
-        assert_eq!(submit(&mut t, &c), CommandResult::Submitted { queue_position: 1 });
-        assert_eq!(submit(&mut t, &other), CommandResult::Submitted { queue_position: 0 });
+        assert_eq!(
+            submit(&mut t, &a),
+            CommandResult::Submitted { queue_position: 0 }
+        );
+        assert_eq!(
+            submit(&mut t, &b),
+            CommandResult::Submitted { queue_position: 1 }
+        );
+        assert_eq!(
+            submit(&mut t, &c),
+            CommandResult::Submitted { queue_position: 1 }
+        );
+        assert_eq!(
+            submit(&mut t, &other),
+            CommandResult::Submitted { queue_position: 0 }
+        );
         assert_eq!(t.queue_position(&b.request_id), Some(2));
         assert_eq!(submit(&mut t, &a), CommandResult::Duplicate);
-        let order: Vec<_> = t.queued_in_order().map(|r| r.spec.request_id.clone()).collect();
-        assert_eq!(order, vec![a.request_id.clone(), c.request_id.clone(), other.request_id, b.request_id.clone()]);
+        let order: Vec<_> = t
+            .queued_in_order()
+            .map(|r| r.spec.request_id.clone())
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                a.request_id.clone(),
+                c.request_id.clone(),
+                other.request_id,
+                b.request_id.clone()
+            ]
+        );
         assign(&mut t, &a.request_id, 2_000);
         assert_eq!(t.queue_position(&c.request_id), Some(0));
         assert_eq!(t.queue_position(&a.request_id), None);
@@ -631,10 +656,22 @@ mod tests {
         let s = spec("o/a", Priority::Normal, None);
         let id = s.request_id.clone();
         submit(&mut t, &s);
-        assert_eq!(assign(&mut t, &id, 2_000), CommandResult::Assigned { attempt: 1 });
+        assert_eq!(
+            assign(&mut t, &id, 2_000),
+            CommandResult::Assigned { attempt: 1 }
+        );
         // Lease runs out: the job is queued again and handed out under attempt 2.
-        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 3_001 }), CommandResult::Ticked { requeued: 1, timed_out: 0 });
-        assert_eq!(assign(&mut t, &id, 3_100), CommandResult::Assigned { attempt: 2 });
+        assert_eq!(
+            apply(&mut t, JobCommand::Tick { now_ms: 3_001 }),
+            CommandResult::Ticked {
+                requeued: 1,
+                timed_out: 0
+            }
+        );
+        assert_eq!(
+            assign(&mut t, &id, 3_100),
+            CommandResult::Assigned { attempt: 2 }
+        );
         let complete = |attempt, out: &str| JobCommand::Complete {
             request_id: id.clone(),
             worker: 7,
@@ -643,11 +680,23 @@ mod tests {
             inference_time_ms: 5,
             now_ms: 3_200,
         };
-        assert_eq!(apply(&mut t, complete(1, "\"old\"")), CommandResult::Rejected(Rejection::StaleAttempt));
-        assert_eq!(apply(&mut t, complete(2, "\"new\"")), CommandResult::Applied);
-        assert_eq!(apply(&mut t, complete(2, "\"again\"")), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        assert_eq!(
+            apply(&mut t, complete(1, "\"old\"")),
+            CommandResult::Rejected(Rejection::StaleAttempt)
+        );
+        assert_eq!(
+            apply(&mut t, complete(2, "\"new\"")),
+            CommandResult::Applied
+        );
+        assert_eq!(
+            apply(&mut t, complete(2, "\"again\"")),
+            CommandResult::Rejected(Rejection::AlreadyCompleted)
+        );
         match &t.get(&id).unwrap().state {
-            JobState::Completed { outcome: Outcome::Output { output_json }, .. } => assert_eq!(output_json, "\"new\""),
+            JobState::Completed {
+                outcome: Outcome::Output { output_json },
+                ..
+            } => assert_eq!(output_json, "\"new\""),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -660,16 +709,42 @@ mod tests {
         submit(&mut t, &q);
         submit(&mut t, &r);
         assign(&mut t, &q.request_id, 2_000);
-        let cancel = |id: &RequestId| JobCommand::RequestCancel { request_id: id.clone(), now_ms: 2_100 };
-        assert_eq!(apply(&mut t, cancel(&r.request_id)), CommandResult::Cancelled);
-        assert_eq!(apply(&mut t, cancel(&q.request_id)), CommandResult::CancellationRequested);
+        let cancel = |id: &RequestId| JobCommand::RequestCancel {
+            request_id: id.clone(),
+            now_ms: 2_100,
+        };
+        assert_eq!(
+            apply(&mut t, cancel(&r.request_id)),
+            CommandResult::Cancelled
+        );
+        assert_eq!(
+            apply(&mut t, cancel(&q.request_id)),
+            CommandResult::CancellationRequested
+        );
         assert!(t.get(&q.request_id).unwrap().cancel_requested);
-        let stop = JobCommand::Cancel { request_id: q.request_id.clone(), attempt: 1, now_ms: 2_200 };
+        let stop = JobCommand::Cancel {
+            request_id: q.request_id.clone(),
+            attempt: 1,
+            now_ms: 2_200,
+        };
         assert_eq!(apply(&mut t, stop), CommandResult::Cancelled);
-        assert_eq!(apply(&mut t, cancel(&q.request_id)), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        assert_eq!(
+            apply(&mut t, cancel(&q.request_id)),
+            CommandResult::Rejected(Rejection::AlreadyCompleted)
+        );
         // A cancelled job never reports a completion afterwards.
-        let late = JobCommand::Complete { request_id: q.request_id.clone(), worker: 7, attempt: 1, output_json: "1".into(), inference_time_ms: 1, now_ms: 2_300 };
-        assert_eq!(apply(&mut t, late), CommandResult::Rejected(Rejection::AlreadyCompleted));
+        let late = JobCommand::Complete {
+            request_id: q.request_id.clone(),
+            worker: 7,
+            attempt: 1,
+            output_json: "1".into(),
+            inference_time_ms: 1,
+            now_ms: 2_300,
+        };
+        assert_eq!(
+            apply(&mut t, late),
+            CommandResult::Rejected(Rejection::AlreadyCompleted)
+        );
         assert_eq!(t.queued_total(), 0);
     }
 
@@ -679,10 +754,25 @@ mod tests {
         let s = spec("o/a", Priority::Normal, Some(500));
         submit(&mut t, &s);
         assert_eq!(t.next_tick_due_ms(), Some(1_500));
-        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 1_499 }), CommandResult::Ticked { requeued: 0, timed_out: 0 });
-        assert_eq!(apply(&mut t, JobCommand::Tick { now_ms: 1_500 }), CommandResult::Ticked { requeued: 0, timed_out: 1 });
+        assert_eq!(
+            apply(&mut t, JobCommand::Tick { now_ms: 1_499 }),
+            CommandResult::Ticked {
+                requeued: 0,
+                timed_out: 0
+            }
+        );
+        assert_eq!(
+            apply(&mut t, JobCommand::Tick { now_ms: 1_500 }),
+            CommandResult::Ticked {
+                requeued: 0,
+                timed_out: 1
+            }
+        );
         match &t.get(&s.request_id).unwrap().state {
-            JobState::Completed { outcome: Outcome::Error(e), .. } => assert_eq!(e.error_type, ErrorType::RequestTimeout),
+            JobState::Completed {
+                outcome: Outcome::Error(e),
+                ..
+            } => assert_eq!(e.error_type, ErrorType::RequestTimeout),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -693,21 +783,38 @@ mod tests {
         let s = spec("o/a", Priority::Normal, None);
         submit(&mut t, &s);
         assign(&mut t, &s.request_id, 2_000);
-        let line = LogLine { timestamp_ms: 1, level: runmesh_proto::LogLevel::Info, message: "x".into() };
+        let line = LogLine {
+            timestamp_ms: 1,
+            level: runmesh_proto::LogLevel::Info,
+            message: "x".into(),
+        };
         let lines = vec![line; LOG_LINES_MAX_PER_JOB + 5];
-        let cmd = JobCommand::AppendLogs { request_id: s.request_id.clone(), attempt: 1, lines };
+        let cmd = JobCommand::AppendLogs {
+            request_id: s.request_id.clone(),
+            attempt: 1,
+            lines,
+        };
         assert_eq!(apply(&mut t, cmd), CommandResult::Applied);
         let rec = t.get(&s.request_id).unwrap();
         assert_eq!(rec.logs.len(), LOG_LINES_MAX_PER_JOB);
         assert_eq!(rec.logs_dropped, 5);
-        let stale = JobCommand::AppendLogs { request_id: s.request_id.clone(), attempt: 9, lines: vec![] };
-        assert_eq!(apply(&mut t, stale), CommandResult::Rejected(Rejection::StaleAttempt));
+        let stale = JobCommand::AppendLogs {
+            request_id: s.request_id.clone(),
+            attempt: 9,
+            lines: vec![],
+        };
+        assert_eq!(
+            apply(&mut t, stale),
+            CommandResult::Rejected(Rejection::StaleAttempt)
+        );
     }
 
     #[test]
     fn snapshot_round_trip_keeps_records_and_indexes() {
         let mut t = JobTable::new();
-        let specs: Vec<_> = (0..5).map(|_| spec("o/a", Priority::Normal, Some(10_000))).collect();
+        let specs: Vec<_> = (0..5)
+            .map(|_| spec("o/a", Priority::Normal, Some(10_000)))
+            .collect();
         for s in &specs {
             submit(&mut t, s);
         }

@@ -5,12 +5,12 @@
 //! Network and time sit behind seams: Raft RPC goes through [`transport::RaftTransport`], command
 //! timestamps come from a [`runmesh_proto::Clock`].
 
-pub mod jobs;
 pub mod joblog;
+pub mod jobs;
 pub mod store;
 pub mod transport;
 pub mod types;
 
-pub use jobs::{JobRecord, JobTable};
 pub use joblog::{JobLog, JobLogConfig, JobLogError};
+pub use jobs::{JobRecord, JobTable};
 pub use types::TypeConfig;

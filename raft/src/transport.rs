@@ -1,0 +1,146 @@
+//! The network seam of Raft: openraft's RPCs are encoded to bytes and handed to a [`RaftTransport`],
+//! which the node implements over QUIC and the simulator over its simulated network. The receiving
+//! side hands the bytes to [`crate::JobLog::handle_rpc`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use runmesh_proto::{codec, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::types::TypeConfig;
+
+/// Which Raft RPC a payload carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer cannot be reached now; Raft backs off and retries.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The exchange failed midway.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+pub type TransportFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send>>;
+
+/// Sends one encoded RPC to `target` (reachable at `addr`) and returns the encoded reply.
+pub trait RaftTransport: Send + Sync + 'static {
+    fn call(&self, target: NodeId, addr: &str, kind: RpcKind, payload: Vec<u8>) -> TransportFuture;
+}
+
+/// The transport of a node that has no peers: every call is unreachable.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoNetwork;
+
+impl RaftTransport for NoNetwork {
+    fn call(
+        &self,
+        target: NodeId,
+        _addr: &str,
+        _kind: RpcKind,
+        _payload: Vec<u8>,
+    ) -> TransportFuture {
+        Box::pin(async move {
+            Err(TransportError::Unreachable(format!(
+                "node {target}: this node has no Raft network"
+            )))
+        })
+    }
+}
+
+/// openraft's network factory over a [`RaftTransport`].
+#[derive(Clone)]
+pub struct Network {
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl Network {
+    pub fn new(transport: Arc<dyn RaftTransport>) -> Self {
+        Self { transport }
+    }
+}
+
+pub struct Connection {
+    transport: Arc<dyn RaftTransport>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            transport: self.transport.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Connection {
+    async fn call<Req, Resp, E>(&self, kind: RpcKind, req: &Req) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = self
+            .transport
+            .call(self.target, &self.addr, kind, payload)
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                TransportError::Network(_) => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::AppendEntries, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RpcKind::InstallSnapshot, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Vote, &rpc).await
+    }
+}
