@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -84,6 +85,7 @@ struct Inner {
     proposals: mpsc::Sender<Proposal>,
     clock: Arc<dyn Clock>,
     store: Store,
+    stopped: AtomicBool,
 }
 
 impl JobLog {
@@ -158,6 +160,7 @@ impl JobLog {
                 proposals: tx,
                 clock,
                 store,
+                stopped: AtomicBool::new(false),
             }),
         })
     }
@@ -214,7 +217,8 @@ impl JobLog {
 
     /// True when a leader is known and this node can take writes.
     pub fn is_healthy(&self) -> bool {
-        self.inner.raft.metrics().borrow().current_leader.is_some()
+        !self.inner.stopped.load(Ordering::Acquire)
+            && self.inner.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// The current leader, as this node knows it.
@@ -299,6 +303,7 @@ impl JobLog {
 
     /// Stops Raft and flushes the store.
     pub async fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
