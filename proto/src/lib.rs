@@ -2,11 +2,13 @@
 //! No I/O lives here; every other crate builds on these types.
 
 pub mod codec;
+pub mod command;
 pub mod fal;
 pub mod ids;
 pub mod job;
 pub mod time;
 
+pub use command::{Command, CommandOutput};
 pub use ids::{AppId, ModelId, NodeId, RequestId};
 pub use job::{
     CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLevel, LogLine, Outcome,

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use runmesh_proto::{codec, Clock, CommandResult, JobCommand, NodeId, RequestId};
+use runmesh_proto::{
+    codec, Clock, Command, CommandOutput, CommandResult, JobCommand, NodeId, RequestId,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 use crate::jobs::JobTable;
+use crate::state::ClusterState;
 use crate::store::{LogStore, MachineState, StateMachine, Store};
 use crate::transport::{Network, RaftTransport, RpcKind};
 use crate::types::{Raft, TypeConfig};
@@ -67,8 +70,8 @@ const PROPOSAL_QUEUE_MAX: usize = 16_384;
 const CHANGES_BUFFER: usize = 8_192;
 
 struct Proposal {
-    cmd: JobCommand,
-    reply: oneshot::Sender<Result<CommandResult, JobLogError>>,
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandOutput, JobLogError>>,
 }
 
 /// Cheap to clone; all clones share one Raft instance and one table.
@@ -174,6 +177,15 @@ impl JobLog {
     /// Commits `cmd` through Raft and applies it; returns what applying it did. Concurrent calls are
     /// folded into one Raft entry (group commit).
     pub async fn propose(&self, cmd: JobCommand) -> Result<CommandResult, JobLogError> {
+        match self.propose_command(Command::Job(cmd)).await? {
+            CommandOutput::Job(r) => Ok(r),
+            #[allow(unreachable_patterns)]
+            other => Err(JobLogError::Raft(format!("unexpected output {other:?}"))),
+        }
+    }
+
+    /// Commits any [`Command`] through Raft (batched with others) and returns its output.
+    pub async fn propose_command(&self, cmd: Command) -> Result<CommandOutput, JobLogError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .proposals
@@ -201,6 +213,16 @@ impl JobLog {
     pub fn read<R>(&self, f: impl FnOnce(&JobTable) -> R) -> R {
         // A poisoned lock means a panic while applying; the table itself is still the last state
         // openraft handed us, so reading it is the most useful thing to do.
+        let st = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&st.table.jobs)
+    }
+
+    /// Reads the whole local replicated state (jobs and every other table).
+    pub fn read_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         let st = self
             .inner
             .state

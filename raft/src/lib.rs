@@ -7,10 +7,12 @@
 
 pub mod joblog;
 pub mod jobs;
+pub mod state;
 pub mod store;
 pub mod transport;
 pub mod types;
 
 pub use joblog::{JobLog, JobLogConfig, JobLogError};
 pub use jobs::{JobRecord, JobTable};
+pub use state::ClusterState;
 pub use types::TypeConfig;

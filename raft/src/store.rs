@@ -20,7 +20,7 @@ use runmesh_proto::{codec, RequestId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::jobs::JobTable;
+use crate::state::ClusterState;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -233,7 +233,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// What the state machine holds besides the table: how far it has applied.
 #[derive(Default)]
 pub struct MachineState {
-    pub table: JobTable,
+    pub table: ClusterState,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -259,7 +259,7 @@ impl StateMachine {
         let mut state = MachineState::default();
         if let Some(snap) = store.get_meta::<StoredSnapshot>(KEY_SNAPSHOT)? {
             state.table =
-                JobTable::from_snapshot_bytes(&snap.table_bytes).map_err(|e| e.to_string())?;
+                ClusterState::from_snapshot_bytes(&snap.table_bytes).map_err(|e| e.to_string())?;
             state.last_applied = snap.meta.last_log_id;
             state.membership = snap.meta.last_membership;
         }
@@ -338,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> Result<Vec<Vec<runmesh_proto::CommandResult>>, StorageError>
+    ) -> Result<Vec<Vec<runmesh_proto::CommandOutput>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -394,8 +394,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let stored: StoredSnapshot = codec::decode(&bytes).map_err(sm_write_err)?;
-        let table = JobTable::from_snapshot_bytes(&stored.table_bytes).map_err(sm_write_err)?;
-        let ids: Vec<RequestId> = table.iter().map(|r| r.spec.request_id.clone()).collect();
+        let table = ClusterState::from_snapshot_bytes(&stored.table_bytes).map_err(sm_write_err)?;
+        let ids: Vec<RequestId> = table
+            .jobs
+            .iter()
+            .map(|r| r.spec.request_id.clone())
+            .collect();
         {
             let mut st = self.state.write().map_err(sm_write_err)?;
             st.table = table;

@@ -1,14 +1,14 @@
-//! openraft type configuration: one Raft entry carries a batch of job commands (group commit), and
-//! its response is one result per command.
+//! openraft type configuration: one Raft entry carries a batch of commands (group commit), and its
+//! response is one output per command.
 
 use std::io::Cursor;
 
-use runmesh_proto::{CommandResult, JobCommand};
+use runmesh_proto::{Command, CommandOutput};
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Vec<JobCommand>,
-        R = Vec<CommandResult>,
+        D = Vec<Command>,
+        R = Vec<CommandOutput>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
