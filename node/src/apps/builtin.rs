@@ -1,0 +1,350 @@
+//! The `runmesh/*` built-in apps: small, deterministic apps for tests, demos and benchmarks.
+//! They accept any subpath, so clients can exercise subpath routing against them.
+
+use std::sync::Arc;
+
+use runmesh_proto::fal::FieldError;
+use runmesh_proto::AppId;
+use serde_json::{json, Value};
+
+use super::{fields, App, AppError, AppFuture, AppManifest, JobContext};
+
+pub const SLEEP_MS_MAX: i64 = 600_000;
+/// How often `runmesh/sleep` writes a log line while it sleeps.
+pub const SLEEP_LOG_EVERY_MS: u64 = 100;
+pub const STREAM_N_MAX: i64 = 10_000;
+pub const STREAM_N_DEFAULT: i64 = 3;
+pub const STREAM_INTERVAL_MS_MAX: i64 = 60_000;
+pub const STREAM_INTERVAL_MS_DEFAULT: i64 = 100;
+pub const FAIL_MESSAGE_DEFAULT: &str = "runmesh/fail was asked to fail";
+
+/// Every built-in app.
+pub fn all() -> Vec<Arc<dyn App>> {
+    vec![
+        Arc::new(Echo),
+        Arc::new(Sleep),
+        Arc::new(Fail),
+        Arc::new(Stream),
+    ]
+}
+
+fn id(alias: &str) -> AppId {
+    AppId {
+        namespace: None,
+        owner: "runmesh".to_string(),
+        alias: alias.to_string(),
+    }
+}
+
+fn manifest(alias: &str, description: &str, streams: bool) -> AppManifest {
+    AppManifest {
+        id: id(alias),
+        description: description.to_string(),
+        streams,
+    }
+}
+
+fn errors_or_ok(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// `runmesh/echo`: the output is the input object.
+pub struct Echo;
+
+impl App for Echo {
+    fn manifest(&self) -> AppManifest {
+        manifest("echo", "Returns its input object unchanged.", false)
+    }
+
+    fn validate(&self, _subpath: Option<&str>, _input: &Value) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+
+    fn run(&self, _ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move { Ok(input) })
+    }
+}
+
+/// `runmesh/sleep`: `{"ms": N}` sleeps N ms, logging about every 100 ms; output `{"slept_ms": N}`.
+pub struct Sleep;
+
+impl Sleep {
+    fn parse(input: &Value) -> Result<u64, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let ms = fields::int_in_range(input, "ms", 0, SLEEP_MS_MAX, &mut errors);
+        match ms {
+            Some(ms) => Ok(ms.unsigned_abs()),
+            None if errors.is_empty() => Err(vec![fields::missing("ms")]),
+            None => Err(errors),
+        }
+    }
+}
+
+impl App for Sleep {
+    fn manifest(&self) -> AppManifest {
+        manifest(
+            "sleep",
+            "Sleeps `ms` milliseconds (0..=600000), logging as it goes.",
+            false,
+        )
+    }
+
+    fn validate(&self, _subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+        Self::parse(input).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move {
+            let total_ms = Sleep::parse(&input)
+                .map_err(|_| AppError::runner("invalid input for runmesh/sleep"))?;
+            ctx.info(format!("sleeping {total_ms} ms"));
+            let mut slept_ms = 0;
+            while slept_ms < total_ms {
+                let step = SLEEP_LOG_EVERY_MS.min(total_ms - slept_ms);
+                if !ctx.sleep_ms(step).await {
+                    ctx.info(format!("cancelled after {slept_ms} ms"));
+                    return Err(AppError::cancelled());
+                }
+                slept_ms += step;
+                ctx.info(format!("slept {slept_ms}/{total_ms} ms"));
+            }
+            Ok(json!({ "slept_ms": total_ms }))
+        })
+    }
+}
+
+/// `runmesh/fail`: fails with `message` (or a default).
+pub struct Fail;
+
+impl Fail {
+    fn parse(input: &Value) -> Result<String, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let message = fields::string(input, "message", &mut errors);
+        errors_or_ok(errors)?;
+        Ok(message.unwrap_or_else(|| FAIL_MESSAGE_DEFAULT.to_string()))
+    }
+}
+
+impl App for Fail {
+    fn manifest(&self) -> AppManifest {
+        manifest("fail", "Fails with the given `message`.", false)
+    }
+
+    fn validate(&self, _subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+        Self::parse(input).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move {
+            let message = Fail::parse(&input).unwrap_or_else(|_| FAIL_MESSAGE_DEFAULT.to_string());
+            ctx.log(runmesh_proto::LogLevel::Error, message.clone());
+            Err(AppError::runner(message))
+        })
+    }
+}
+
+/// `runmesh/stream`: `{"n": N, "interval_ms": M}` publishes partials `{"i": k}` for k in 0..N, M ms
+/// apart, then outputs `{"n": N}`.
+pub struct Stream;
+
+impl Stream {
+    fn parse(input: &Value) -> Result<(u64, u64), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let n = fields::int_in_range(input, "n", 0, STREAM_N_MAX, &mut errors);
+        let interval =
+            fields::int_in_range(input, "interval_ms", 0, STREAM_INTERVAL_MS_MAX, &mut errors);
+        errors_or_ok(errors)?;
+        Ok((
+            n.unwrap_or(STREAM_N_DEFAULT).unsigned_abs(),
+            interval
+                .unwrap_or(STREAM_INTERVAL_MS_DEFAULT)
+                .unsigned_abs(),
+        ))
+    }
+}
+
+impl App for Stream {
+    fn manifest(&self) -> AppManifest {
+        manifest(
+            "stream",
+            "Emits `n` partial outputs {\"i\": k}, `interval_ms` apart, then {\"n\": n}.",
+            true,
+        )
+    }
+
+    fn validate(&self, _subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+        Self::parse(input).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move {
+            let (n, interval_ms) = Stream::parse(&input)
+                .map_err(|_| AppError::runner("invalid input for runmesh/stream"))?;
+            for i in 0..n {
+                // The first partial goes out at once: a listener is already subscribed.
+                if i > 0 && !ctx.sleep_ms(interval_ms).await {
+                    return Err(AppError::cancelled());
+                }
+                if ctx.is_cancelled() {
+                    return Err(AppError::cancelled());
+                }
+                ctx.partial(&json!({ "i": i }));
+            }
+            ctx.info(format!("streamed {n} partial outputs"));
+            Ok(json!({ "n": n }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::apps::testing;
+    use runmesh_proto::ErrorType;
+    use std::time::{Duration, Instant};
+
+    fn kinds(r: Result<(), Vec<FieldError>>) -> Vec<String> {
+        r.err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.loc.join("."), e.kind))
+            .collect()
+    }
+
+    #[test]
+    fn sleep_validation() {
+        assert!(Sleep.validate(None, &json!({"ms": 0})).is_ok());
+        assert!(Sleep.validate(None, &json!({"ms": 600_000})).is_ok());
+        assert_eq!(kinds(Sleep.validate(None, &json!({}))), ["body.ms:missing"]);
+        assert_eq!(
+            kinds(Sleep.validate(None, &json!({"ms": null}))),
+            ["body.ms:missing"]
+        );
+        assert_eq!(
+            kinds(Sleep.validate(None, &json!({"ms": 600_001}))),
+            ["body.ms:less_than_equal"]
+        );
+        assert_eq!(
+            kinds(Sleep.validate(None, &json!({"ms": -1}))),
+            ["body.ms:greater_than_equal"]
+        );
+        assert_eq!(
+            kinds(Sleep.validate(None, &json!({"ms": "10"}))),
+            ["body.ms:int_type"]
+        );
+    }
+
+    #[test]
+    fn fail_and_stream_validation() {
+        assert!(Fail.validate(None, &json!({})).is_ok());
+        assert!(Fail.validate(None, &json!({"message": "x"})).is_ok());
+        assert_eq!(
+            kinds(Fail.validate(None, &json!({"message": 3}))),
+            ["body.message:string_type"]
+        );
+        assert!(Stream.validate(None, &json!({})).is_ok());
+        assert_eq!(Stream::parse(&json!({})).unwrap(), (3, 100));
+        assert_eq!(
+            kinds(Stream.validate(None, &json!({"n": 10_001, "interval_ms": -5}))),
+            [
+                "body.n:less_than_equal",
+                "body.interval_ms:greater_than_equal"
+            ]
+        );
+        assert!(Echo.validate(Some("any/sub"), &json!({"x": [1]})).is_ok());
+    }
+
+    #[tokio::test]
+    async fn echo_returns_its_input() {
+        let t = testing::job("runmesh/echo");
+        let input = json!({"a": {"b": [1, 2, null]}, "s": "é"});
+        assert_eq!(Echo.run(t.ctx, input.clone()).await.unwrap(), input);
+    }
+
+    #[tokio::test]
+    async fn fail_fails_with_the_message() {
+        let t = testing::job("runmesh/fail");
+        let err = Fail
+            .run(t.ctx, json!({"message": "nope"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message, "nope");
+        assert_eq!(err.error_type, ErrorType::RunnerError);
+        let t = testing::job("runmesh/fail");
+        let err = Fail.run(t.ctx, json!({})).await.unwrap_err();
+        assert_eq!(err.message, FAIL_MESSAGE_DEFAULT);
+    }
+
+    #[tokio::test]
+    async fn sleep_sleeps_and_logs() {
+        let mut t = testing::job("runmesh/sleep");
+        let start = Instant::now();
+        let out = Sleep.run(t.ctx, json!({"ms": 250})).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        assert_eq!(out, json!({"slept_ms": 250}));
+        let mut lines = Vec::new();
+        while let Ok(l) = t.logs.try_recv() {
+            lines.push(l.message);
+        }
+        assert_eq!(
+            lines,
+            [
+                "sleeping 250 ms",
+                "slept 100/250 ms",
+                "slept 200/250 ms",
+                "slept 250/250 ms"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn sleep_stops_early_on_cancel() {
+        let t = testing::job("runmesh/sleep");
+        let stop = t.stop;
+        let start = Instant::now();
+        let run = tokio::spawn(Sleep.run(t.ctx, json!({"ms": 600_000})));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        let err = run.await.unwrap().unwrap_err();
+        assert_eq!(err.error_type, ErrorType::ClientCancelled);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn stream_emits_partials_then_output() {
+        let mut t = testing::job("runmesh/stream");
+        let out = Stream
+            .run(t.ctx, json!({"n": 4, "interval_ms": 1}))
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"n": 4}));
+        let mut got = Vec::new();
+        while let Ok(p) = t.partials.try_recv() {
+            got.push(p);
+        }
+        assert_eq!(
+            got,
+            [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#, r#"{"i":3}"#]
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_stops_early_on_cancel() {
+        let t = testing::job("runmesh/stream");
+        let stop = t.stop;
+        let run = tokio::spawn(Stream.run(t.ctx, json!({"n": 100, "interval_ms": 60_000})));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.send(true).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.error_type, ErrorType::ClientCancelled);
+    }
+}

@@ -1,0 +1,502 @@
+//! The runner contract: what an app is ([`App`]), what it sees while it runs ([`JobContext`]), how it
+//! fails ([`AppError`]), and the [`AppRegistry`] that the gateway asks which apps exist.
+//!
+//! Apps are the edge of the node: they may sleep and do real work. The worker owns every decision about
+//! jobs (claiming, leases, recording outcomes); an app only turns one input into one output.
+
+pub mod builtin;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use runmesh_gateway_node::{AppCatalog, PartialHub};
+use runmesh_proto::fal::FieldError;
+use runmesh_proto::{AppId, Clock, ErrorType, JobError, LogLevel, LogLine, ModelId, RequestId};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+/// Longest log message kept; longer ones are cut, so one line cannot bloat a Raft entry.
+pub const LOG_MESSAGE_MAX_BYTES: usize = 16 * 1024;
+
+/// What an app says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppManifest {
+    pub id: AppId,
+    pub description: String,
+    /// The app emits partial outputs (meaningful for `/stream`).
+    pub streams: bool,
+}
+
+/// The future an app's run returns. Boxed and `'static` so the worker can spawn it on its own task,
+/// which is what lets it survive (and report) a panicking app.
+pub type AppFuture = Pin<Box<dyn Future<Output = Result<Value, AppError>> + Send + 'static>>;
+
+/// A runnable app. Implementations must be cheap to share: one instance serves every job.
+pub trait App: Send + Sync + 'static {
+    fn manifest(&self) -> AppManifest;
+
+    /// Checks an input before it is accepted (at submit time, so a bad input never reaches the queue).
+    /// `input` is known to be a JSON object.
+    fn validate(&self, subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>>;
+
+    /// Runs one job. The output must be a JSON object. Long waits should also watch
+    /// [`JobContext::cancelled`], so a cancelled job stops promptly.
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture;
+}
+
+/// Why a run failed, as the client will see it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct AppError {
+    pub message: String,
+    pub error_type: ErrorType,
+    /// Status of the result endpoint; the error type's default when `None`.
+    pub http_status: Option<u16>,
+    /// A fal `detail` body replacing the plain message.
+    pub detail: Option<Value>,
+}
+
+impl AppError {
+    /// The app itself failed (`runner_server_error`, 500).
+    pub fn runner(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::RunnerError, message)
+    }
+
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            error_type,
+            http_status: None,
+            detail: None,
+        }
+    }
+
+    /// The run stopped because the job was cancelled.
+    pub fn cancelled() -> Self {
+        Self::new(ErrorType::ClientCancelled, "cancelled")
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub fn into_job_error(self) -> JobError {
+        JobError {
+            error_type: self.error_type,
+            http_status: self
+                .http_status
+                .unwrap_or_else(|| self.error_type.http_status()),
+            detail_json: self.detail.map(|d| d.to_string()),
+            message: self.message,
+        }
+    }
+}
+
+/// What a running app can see and do: write log lines, publish partial outputs, notice cancellation.
+pub struct JobContext {
+    request_id: RequestId,
+    model: ModelId,
+    logs: mpsc::Sender<LogLine>,
+    logs_dropped: Arc<AtomicU64>,
+    partials: PartialHub,
+    stop: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
+}
+
+impl JobContext {
+    /// `logs` is bounded: when the worker falls behind, further lines are dropped and counted.
+    pub fn new(
+        request_id: RequestId,
+        model: ModelId,
+        logs: mpsc::Sender<LogLine>,
+        partials: PartialHub,
+        stop: watch::Receiver<bool>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            request_id,
+            model,
+            logs,
+            logs_dropped: Arc::new(AtomicU64::new(0)),
+            partials,
+            stop,
+            clock,
+        }
+    }
+
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    /// The endpoint the job was submitted to, subpath included.
+    pub fn model(&self) -> &ModelId {
+        &self.model
+    }
+
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        let mut message = message.into();
+        if message.len() > LOG_MESSAGE_MAX_BYTES {
+            let mut cut = LOG_MESSAGE_MAX_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let line = LogLine {
+            timestamp_ms: self.clock.now_ms(),
+            level,
+            message,
+        };
+        if self.logs.try_send(line).is_err() {
+            self.logs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn info(&self, message: impl Into<String>) {
+        self.log(LogLevel::Info, message);
+    }
+
+    /// Log lines lost because the worker's buffer was full.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a partial output to `/stream` listeners (dropped when nobody listens).
+    pub fn partial(&self, value: &Value) {
+        self.partials.publish(&self.request_id, value.to_string());
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the job should stop (cancelled, or the worker let go of it).
+    pub async fn cancelled(&self) {
+        let mut stop = self.stop.clone();
+        // An Err means the worker dropped the job: stopping is right then too.
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// Sleeps `ms` unless the job is cancelled first; returns false when cancelled.
+    pub async fn sleep_ms(&self, ms: u64) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => !self.is_cancelled(),
+            _ = self.cancelled() => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("app {0} is registered twice")]
+    Duplicate(AppId),
+}
+
+/// The apps this node serves.
+#[derive(Clone, Default)]
+pub struct AppRegistry {
+    apps: BTreeMap<AppId, Arc<dyn App>>,
+}
+
+impl AppRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the `runmesh/*` built-in apps.
+    pub fn with_builtins() -> Self {
+        let mut reg = Self::new();
+        for app in builtin::all() {
+            // Built-in ids are distinct constants, so this cannot collide.
+            let _ = reg.register(app);
+        }
+        reg
+    }
+
+    pub fn register(&mut self, app: Arc<dyn App>) -> Result<(), RegistryError> {
+        let id = app.manifest().id;
+        if self.apps.contains_key(&id) {
+            return Err(RegistryError::Duplicate(id));
+        }
+        self.apps.insert(id, app);
+        Ok(())
+    }
+
+    pub fn get(&self, app: &AppId) -> Option<Arc<dyn App>> {
+        self.apps.get(app).cloned()
+    }
+
+    pub fn serves(&self, app: &AppId) -> bool {
+        self.apps.contains_key(app)
+    }
+
+    pub fn manifests(&self) -> Vec<AppManifest> {
+        self.apps.values().map(|a| a.manifest()).collect()
+    }
+}
+
+impl AppCatalog for AppRegistry {
+    fn contains(&self, app: &AppId) -> bool {
+        self.serves(app)
+    }
+
+    fn validate(&self, model: &ModelId, input: &Value) -> Result<(), Vec<FieldError>> {
+        let Some(app) = self.apps.get(&model.app) else {
+            return Err(vec![FieldError::body(
+                "",
+                format!("unknown app {}", model.app),
+                "app_not_found",
+            )]);
+        };
+        if !input.is_object() {
+            return Err(vec![FieldError::body(
+                "",
+                "Input should be a valid dictionary",
+                "dict_type",
+            )]);
+        }
+        app.validate(model.subpath.as_deref(), input)
+    }
+
+    fn apps(&self) -> Vec<AppId> {
+        self.apps.keys().cloned().collect()
+    }
+}
+
+/// Field checks shared by apps, with pydantic's messages and error types (what fal apps answer).
+pub mod fields {
+    use super::{FieldError, Value};
+
+    /// An optional integer field within `min..=max`; `Ok(None)` when absent or null.
+    pub fn int_in_range(
+        input: &Value,
+        field: &str,
+        min: i64,
+        max: i64,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<i64> {
+        let value = input.get(field)?;
+        if value.is_null() {
+            return None;
+        }
+        let Some(n) = as_integer(value) else {
+            errors.push(FieldError::body(
+                field,
+                "Input should be a valid integer",
+                "int_type",
+            ));
+            return None;
+        };
+        if n < min {
+            errors.push(FieldError::body(
+                field,
+                format!("Input should be greater than or equal to {min}"),
+                "greater_than_equal",
+            ));
+            return None;
+        }
+        if n > max {
+            errors.push(FieldError::body(
+                field,
+                format!("Input should be less than or equal to {max}"),
+                "less_than_equal",
+            ));
+            return None;
+        }
+        Some(n)
+    }
+
+    /// Integers, and floats with no fractional part (pydantic accepts `5.0` for an int).
+    fn as_integer(value: &Value) -> Option<i64> {
+        if let Some(n) = value.as_i64() {
+            return Some(n);
+        }
+        if value.as_u64().is_some() {
+            // Larger than i64::MAX: report it as out of range rather than as not an integer.
+            return Some(i64::MAX);
+        }
+        let f = value.as_f64()?;
+        (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+    }
+
+    pub fn missing(field: &str) -> FieldError {
+        FieldError::body(field, "Field required", "missing")
+    }
+
+    /// An optional string field; `Ok(None)` when absent or null.
+    pub fn string(input: &Value, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+        match input.get(field)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                errors.push(FieldError::body(
+                    field,
+                    "Input should be a valid string",
+                    "string_type",
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// Test helpers: a [`JobContext`] wired to channels the test holds.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct TestJob {
+        pub ctx: JobContext,
+        pub logs: mpsc::Receiver<LogLine>,
+        pub partials: tokio::sync::broadcast::Receiver<String>,
+        pub stop: watch::Sender<bool>,
+    }
+
+    pub fn job(model: &str) -> TestJob {
+        let id = RequestId::new_random();
+        let hub = PartialHub::default();
+        let partials = hub.subscribe(&id);
+        let (log_tx, logs) = mpsc::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
+        #[allow(clippy::unwrap_used)]
+        let model = ModelId::parse(model).unwrap();
+        let ctx = JobContext::new(
+            id,
+            model,
+            log_tx,
+            hub,
+            stop_rx,
+            Arc::new(runmesh_proto::SystemClock),
+        );
+        TestJob {
+            ctx,
+            logs,
+            partials,
+            stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn model(s: &str) -> ModelId {
+        ModelId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn registry_lists_builtins_and_rejects_duplicates() {
+        let mut reg = AppRegistry::with_builtins();
+        let ids: Vec<String> = reg.apps().iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "runmesh/echo",
+                "runmesh/fail",
+                "runmesh/sleep",
+                "runmesh/stream"
+            ]
+        );
+        assert!(reg.contains(&model("runmesh/echo").app));
+        assert!(!reg.contains(&model("runmesh/nope").app));
+        let dup = builtin::all().remove(0);
+        assert!(matches!(
+            reg.register(dup),
+            Err(RegistryError::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn registry_requires_an_object_input() {
+        let reg = AppRegistry::with_builtins();
+        let err = reg
+            .validate(&model("runmesh/echo"), &json!([1]))
+            .unwrap_err();
+        assert_eq!(err[0].kind, "dict_type");
+        assert_eq!(err[0].loc, vec!["body"]);
+        assert!(reg.validate(&model("runmesh/echo"), &json!({})).is_ok());
+        assert!(reg.validate(&model("runmesh/unknown"), &json!({})).is_err());
+    }
+
+    #[test]
+    fn app_errors_become_job_errors() {
+        let e = AppError::runner("boom").into_job_error();
+        assert_eq!(e.error_type, ErrorType::RunnerError);
+        assert_eq!(e.http_status, 500);
+        assert_eq!(e.message, "boom");
+        assert_eq!(e.detail_json, None);
+        let e = AppError::new(ErrorType::BadRequest, "bad")
+            .with_status(422)
+            .with_detail(json!([{"msg": "x"}]))
+            .into_job_error();
+        assert_eq!(e.http_status, 422);
+        assert_eq!(e.detail_json.as_deref(), Some(r#"[{"msg":"x"}]"#));
+    }
+
+    #[tokio::test]
+    async fn context_truncates_and_counts_dropped_lines() {
+        let id = RequestId::new_random();
+        let (tx, mut rx) = mpsc::channel(1);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let ctx = JobContext::new(
+            id,
+            model("runmesh/echo"),
+            tx,
+            PartialHub::default(),
+            stop_rx,
+            Arc::new(runmesh_proto::SystemClock),
+        );
+        ctx.info("é".repeat(LOG_MESSAGE_MAX_BYTES));
+        ctx.info("second");
+        assert_eq!(ctx.logs_dropped(), 1);
+        let line = rx.recv().await.unwrap();
+        assert!(line.message.len() <= LOG_MESSAGE_MAX_BYTES);
+        assert_eq!(line.level, LogLevel::Info);
+    }
+
+    #[tokio::test]
+    async fn context_sees_cancellation() {
+        let t = testing::job("runmesh/sleep");
+        assert!(!t.ctx.is_cancelled());
+        t.stop.send(true).unwrap();
+        assert!(t.ctx.is_cancelled());
+        t.ctx.cancelled().await;
+        assert!(!t.ctx.sleep_ms(10_000).await);
+    }
+
+    #[test]
+    fn integer_fields_follow_pydantic() {
+        let mut errs = Vec::new();
+        let input = json!({"a": 5, "b": 5.0, "c": 5.5, "d": "5", "e": -1, "f": 11, "g": u64::MAX});
+        assert_eq!(fields::int_in_range(&input, "a", 0, 10, &mut errs), Some(5));
+        assert_eq!(fields::int_in_range(&input, "b", 0, 10, &mut errs), Some(5));
+        assert_eq!(fields::int_in_range(&input, "z", 0, 10, &mut errs), None);
+        assert!(errs.is_empty());
+        for f in ["c", "d", "e", "f", "g"] {
+            assert_eq!(fields::int_in_range(&input, f, 0, 10, &mut errs), None);
+        }
+        let kinds: Vec<&str> = errs.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "int_type",
+                "int_type",
+                "greater_than_equal",
+                "less_than_equal",
+                "less_than_equal"
+            ]
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! runmesh-node: the pieces of the `runmesh` binary that are worth testing on their own: the app
+//! contract and built-in apps, the worker loop, and configuration.
+
+pub mod apps;
+pub mod config;
+pub mod worker;

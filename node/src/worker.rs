@@ -1,0 +1,984 @@
+//! The worker: claims queued jobs for the apps this node serves, runs each on its own task under a
+//! lease, and records what happened through the job log.
+//!
+//! Decisions are pure functions of the job table ([`choose_claims`], [`job_signal`], [`tick_due`]);
+//! the async loops around them only carry events, timers and proposals, so a simulator can drive the
+//! same decisions on virtual time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runmesh_gateway_node::PartialHub;
+use runmesh_proto::{
+    AppId, Clock, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine,
+    NodeId, RequestId,
+};
+use runmesh_raft::{JobLog, JobRecord, JobTable};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::apps::{AppError, AppRegistry, JobContext};
+
+/// Queued jobs looked at per claim round, so a long queue of jobs for other apps costs a bounded scan.
+pub const CLAIM_SCAN_MAX: usize = 10_000;
+/// Log lines buffered between an app and its worker task; beyond that lines are dropped and counted.
+pub const LOG_CHANNEL_CAPACITY: usize = 1024;
+/// Job-change events handled per wake-up before the worker looks at the queue again.
+const EVENTS_PER_WAKE_MAX: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Jobs run at once.
+    pub slots: usize,
+    /// Lease granted per claim; renewed every third of it.
+    pub lease_ms: u64,
+    /// Fallback wake-up when no job event arrives.
+    pub poll_interval_ms: u64,
+    pub log_flush_interval_ms: u64,
+    /// Lines that trigger a flush before the interval.
+    pub log_batch_max: usize,
+    /// How long a cancelled app may take to return before its task is aborted.
+    pub cancel_grace_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            slots: 4,
+            lease_ms: 5_000,
+            poll_interval_ms: 200,
+            log_flush_interval_ms: 100,
+            log_batch_max: 64,
+            cancel_grace_ms: 2_000,
+        }
+    }
+}
+
+/// The next jobs to claim: queued jobs in run order (`queued_in_order`: priority, then arrival), for
+/// apps this node serves, not already held here, at most `free_slots` of them.
+pub fn choose_claims<'a>(
+    queued_in_order: impl Iterator<Item = &'a JobRecord>,
+    free_slots: usize,
+    serves: impl Fn(&AppId) -> bool,
+    held: impl Fn(&RequestId) -> bool,
+) -> Vec<&'a JobRecord> {
+    if free_slots == 0 {
+        return Vec::new();
+    }
+    queued_in_order
+        .take(CLAIM_SCAN_MAX)
+        .filter(|r| r.state == JobState::Queued)
+        .filter(|r| serves(r.spec.app()) && !held(&r.spec.request_id))
+        .take(free_slots)
+        .collect()
+}
+
+/// What a running job's task should do, judged from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobSignal {
+    /// Still ours: keep running.
+    Run,
+    /// A client asked to cancel: stop the app, then record `Cancel`.
+    Cancel,
+    /// No longer ours (lease expired and requeued, finished elsewhere): stop without recording.
+    Lost,
+}
+
+pub fn job_signal(table: &JobTable, id: &RequestId, me: NodeId, my_attempt: u32) -> JobSignal {
+    let Some(rec) = table.get(id) else {
+        return JobSignal::Lost;
+    };
+    match rec.state {
+        JobState::Running {
+            worker, attempt, ..
+        } if worker == me && attempt == my_attempt => {
+            if rec.cancel_requested {
+                JobSignal::Cancel
+            } else {
+                JobSignal::Run
+            }
+        }
+        _ => JobSignal::Lost,
+    }
+}
+
+/// Whether a `Tick` would change something now.
+pub fn tick_due(next_due_ms: Option<u64>, now_ms: u64) -> bool {
+    next_due_ms.is_some_and(|due| due <= now_ms)
+}
+
+struct Held {
+    attempt: u32,
+    signal: watch::Sender<JobSignal>,
+}
+
+/// Everything a job task needs, shared by all of them.
+#[derive(Clone)]
+struct Shared {
+    joblog: JobLog,
+    registry: Arc<AppRegistry>,
+    partials: PartialHub,
+    clock: Arc<dyn Clock>,
+    cfg: WorkerConfig,
+    node_id: NodeId,
+}
+
+pub struct Worker {
+    shared: Shared,
+}
+
+impl Worker {
+    pub fn new(
+        joblog: JobLog,
+        registry: Arc<AppRegistry>,
+        partials: PartialHub,
+        clock: Arc<dyn Clock>,
+        cfg: WorkerConfig,
+    ) -> Self {
+        let node_id = joblog.node_id();
+        Self {
+            shared: Shared {
+                joblog,
+                registry,
+                partials,
+                clock,
+                cfg,
+                node_id,
+            },
+        }
+    }
+
+    /// Runs until `shutdown` turns true (or its sender goes away). Jobs still running then are
+    /// abandoned: their leases expire and a `Tick` queues them again.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let shared = self.shared;
+        let mut events = shared.joblog.subscribe();
+        let mut held: HashMap<RequestId, Held> = HashMap::new();
+        let mut tasks: JoinSet<RequestId> = JoinSet::new();
+        let mut poll =
+            tokio::time::interval(Duration::from_millis(shared.cfg.poll_interval_ms.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed proposal, wait for the next poll instead of retrying in a hot loop.
+        let mut claim_paused = false;
+        info!(
+            slots = shared.cfg.slots,
+            lease_ms = shared.cfg.lease_ms,
+            "worker started"
+        );
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if !claim_paused {
+                claim_paused = !claim(&shared, &mut held, &mut tasks).await;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    match done {
+                        Ok(id) => { held.remove(&id); }
+                        // Job tasks catch app panics themselves; this is a bug in the task.
+                        Err(e) => warn!(error = %e, "job task ended abnormally"),
+                    }
+                    // A task that died without telling us its id leaves a stale entry: drop those.
+                    held.retain(|_, h| !h.signal.is_closed());
+                }
+                ev = events.recv() => {
+                    let mut changed = Vec::new();
+                    let mut lagged = false;
+                    match ev {
+                        Ok(id) => changed.push(id),
+                        Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                    // Drain what is already there, so a burst costs one queue scan, not one per event.
+                    while changed.len() < EVENTS_PER_WAKE_MAX {
+                        match events.try_recv() {
+                            Ok(id) => changed.push(id),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                            Err(_) => break,
+                        }
+                    }
+                    if lagged {
+                        signal_all(&shared, &held);
+                    } else {
+                        let ours: Vec<&RequestId> =
+                            changed.iter().filter(|id| held.contains_key(*id)).collect();
+                        if !ours.is_empty() {
+                            signal_some(&shared, &held, ours);
+                        }
+                    }
+                }
+                _ = poll.tick() => {
+                    claim_paused = false;
+                    signal_all(&shared, &held);
+                }
+            }
+        }
+        info!(abandoned = tasks.len(), "worker stopping");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn signal_all(shared: &Shared, held: &HashMap<RequestId, Held>) {
+    signal_some(shared, held, held.keys());
+}
+
+fn signal_some<'a>(
+    shared: &Shared,
+    held: &HashMap<RequestId, Held>,
+    ids: impl IntoIterator<Item = &'a RequestId>,
+) {
+    let updates: Vec<(&Held, JobSignal)> = shared.joblog.read(|t| {
+        ids.into_iter()
+            .filter_map(|id| {
+                held.get(id)
+                    .map(|h| (h, job_signal(t, id, shared.node_id, h.attempt)))
+            })
+            .collect()
+    });
+    for (h, sig) in updates {
+        // Only move forward: Run -> Cancel -> Lost never goes back.
+        h.signal.send_if_modified(|cur| {
+            let rank = |s: JobSignal| s as u8;
+            if rank(sig) > rank(*cur) {
+                *cur = sig;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// One claim round. Returns false when a proposal failed (the caller backs off).
+async fn claim(
+    shared: &Shared,
+    held: &mut HashMap<RequestId, Held>,
+    tasks: &mut JoinSet<RequestId>,
+) -> bool {
+    let free = shared.cfg.slots.saturating_sub(held.len());
+    if free == 0 {
+        return true;
+    }
+    let specs: Vec<JobSpec> = shared.joblog.read(|t| {
+        choose_claims(
+            t.queued_in_order(),
+            free,
+            |app| shared.registry.serves(app),
+            |id| held.contains_key(id),
+        )
+        .into_iter()
+        .map(|r| r.spec.clone())
+        .collect()
+    });
+    if specs.is_empty() {
+        return true;
+    }
+    let now_ms = shared.clock.now_ms();
+    // Proposed together so the log folds them into one entry.
+    let proposals = specs.iter().map(|spec| {
+        shared.joblog.propose(JobCommand::Assign {
+            request_id: spec.request_id.clone(),
+            worker: shared.node_id,
+            lease_ms: shared.cfg.lease_ms,
+            now_ms,
+        })
+    });
+    let results = futures::future::join_all(proposals).await;
+    let mut ok = true;
+    for (spec, result) in specs.into_iter().zip(results) {
+        match result {
+            Ok(CommandResult::Assigned { attempt }) => {
+                let (signal, signal_rx) = watch::channel(JobSignal::Run);
+                let id = spec.request_id.clone();
+                held.insert(id.clone(), Held { attempt, signal });
+                let span = tracing::info_span!("job", request_id = %id, app = %spec.model, attempt);
+                tasks.spawn(run_job(shared.clone(), spec, attempt, signal_rx).instrument(span));
+            }
+            // Cancelled or taken meanwhile: nothing to do.
+            Ok(other) => {
+                debug!(request_id = %spec.request_id, result = ?other, "claim not granted")
+            }
+            Err(e) => {
+                warn!(request_id = %spec.request_id, error = %e, "claim failed");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Aborts the app's task when the job task goes away (worker shutdown), so no app outlives its job.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Ending {
+    Finished(Result<Result<serde_json::Value, AppError>, tokio::task::JoinError>),
+    /// Cancelled and the app did not return within the grace period.
+    CancelTimedOut,
+    Lost,
+}
+
+/// Runs one claimed job to its end and records the outcome. Returns the job's id.
+async fn run_job(
+    shared: Shared,
+    spec: JobSpec,
+    attempt: u32,
+    mut signal: watch::Receiver<JobSignal>,
+) -> RequestId {
+    let id = spec.request_id.clone();
+    let cfg = &shared.cfg;
+    let started_ms = shared.clock.now_ms();
+    let (log_tx, mut log_rx) = mpsc::channel::<LogLine>(LOG_CHANNEL_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let app = shared.registry.get(spec.app());
+    let input = serde_json::from_str::<serde_json::Value>(&spec.input_json);
+    let (app, input) = match (app, input) {
+        (Some(app), Ok(input)) => (app, input),
+        (None, _) => {
+            let err = JobError::new(
+                ErrorType::InternalError,
+                format!("app {} is not served by this node", spec.app()),
+            );
+            finish_failed(&shared, &id, attempt, err, started_ms).await;
+            return id;
+        }
+        (_, Err(e)) => {
+            let err = JobError::new(
+                ErrorType::BadRequest,
+                format!("input is not valid JSON: {e}"),
+            );
+            finish_failed(&shared, &id, attempt, err, started_ms).await;
+            return id;
+        }
+    };
+
+    let ctx = JobContext::new(
+        id.clone(),
+        spec.model.clone(),
+        log_tx,
+        shared.partials.clone(),
+        stop_rx,
+        shared.clock.clone(),
+    );
+    let mut app_task = AbortOnDrop(tokio::spawn(app.run(ctx, input)));
+
+    let renew_every = Duration::from_millis((cfg.lease_ms / 3).max(1));
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(Duration::from_millis(cfg.log_flush_interval_ms.max(1)));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = tokio::time::sleep(Duration::from_millis(cfg.cancel_grace_ms));
+    tokio::pin!(grace);
+    let mut cancelling = false;
+    let mut buf: Vec<LogLine> = Vec::new();
+
+    let ending = loop {
+        tokio::select! {
+            res = &mut app_task.0 => break Ending::Finished(res),
+            changed = signal.changed() => {
+                // The worker dropped us (shutdown): stop without recording anything.
+                if changed.is_err() {
+                    break Ending::Lost;
+                }
+                let sig = *signal.borrow_and_update();
+                match sig {
+                    JobSignal::Run => {}
+                    JobSignal::Cancel if !cancelling => {
+                        info!("cancellation requested, stopping the app");
+                        cancelling = true;
+                        let _ = stop_tx.send(true);
+                        grace.as_mut().reset(
+                            tokio::time::Instant::now() + Duration::from_millis(cfg.cancel_grace_ms),
+                        );
+                    }
+                    JobSignal::Cancel => {}
+                    JobSignal::Lost => break Ending::Lost,
+                }
+            }
+            _ = &mut grace, if cancelling => break Ending::CancelTimedOut,
+            Some(line) = log_rx.recv() => {
+                buf.push(line);
+                if buf.len() >= cfg.log_batch_max {
+                    flush_logs(&shared, &id, attempt, &mut buf).await;
+                }
+            }
+            _ = flush.tick() => flush_logs(&shared, &id, attempt, &mut buf).await,
+            _ = renew.tick() => {
+                let cmd = JobCommand::RenewLease {
+                    request_id: id.clone(),
+                    worker: shared.node_id,
+                    attempt,
+                    lease_ms: cfg.lease_ms,
+                    now_ms: shared.clock.now_ms(),
+                };
+                match shared.joblog.propose(cmd).await {
+                    Ok(CommandResult::Applied) => {}
+                    Ok(other) => {
+                        info!(result = ?other, "lease renewal refused, letting the job go");
+                        break Ending::Lost;
+                    }
+                    // Transient: the next renewal may still land before the lease runs out.
+                    Err(e) => warn!(error = %e, "lease renewal failed"),
+                }
+            }
+        }
+    };
+
+    drop(app_task);
+    shared.partials.close(&id);
+    if matches!(ending, Ending::Lost) {
+        info!("job no longer held by this worker");
+        return id;
+    }
+    // Lines the app wrote before it returned.
+    while buf.len() < LOG_CHANNEL_CAPACITY {
+        match log_rx.try_recv() {
+            Ok(line) => buf.push(line),
+            Err(_) => break,
+        }
+    }
+    flush_logs(&shared, &id, attempt, &mut buf).await;
+
+    let inference_time_ms = shared.clock.now_ms().saturating_sub(started_ms);
+    if cancelling || *signal.borrow() == JobSignal::Cancel {
+        // Once a client asked to cancel, the job ends cancelled, whatever the app returned.
+        let cmd = JobCommand::Cancel {
+            request_id: id.clone(),
+            attempt,
+            now_ms: shared.clock.now_ms(),
+        };
+        record(&shared, cmd, "cancel").await;
+        return id;
+    }
+    let outcome = match ending {
+        Ending::Finished(Ok(Ok(output))) if output.is_object() => Ok(output),
+        Ending::Finished(Ok(Ok(_))) => Err(JobError::new(
+            ErrorType::InternalError,
+            "the app returned an output that is not a JSON object",
+        )),
+        Ending::Finished(Ok(Err(app_err))) => Err(app_err.into_job_error()),
+        Ending::Finished(Err(join_err)) => {
+            let why = if join_err.is_panic() {
+                panic_message(join_err.into_panic())
+            } else {
+                "the app's task was aborted".to_string()
+            };
+            warn!(panic = %why, "app panicked");
+            Err(JobError::new(
+                ErrorType::InternalError,
+                format!("the app crashed: {why}"),
+            ))
+        }
+        Ending::CancelTimedOut | Ending::Lost => return id,
+    };
+    match outcome {
+        Ok(output) => {
+            let cmd = JobCommand::Complete {
+                request_id: id.clone(),
+                worker: shared.node_id,
+                attempt,
+                output_json: output.to_string(),
+                inference_time_ms,
+                now_ms: shared.clock.now_ms(),
+            };
+            record(&shared, cmd, "complete").await;
+        }
+        Err(err) => finish_failed(&shared, &id, attempt, err, started_ms).await,
+    }
+    id
+}
+
+async fn finish_failed(
+    shared: &Shared,
+    id: &RequestId,
+    attempt: u32,
+    error: JobError,
+    started_ms: u64,
+) {
+    shared.partials.close(id);
+    let now_ms = shared.clock.now_ms();
+    let cmd = JobCommand::Fail {
+        request_id: id.clone(),
+        worker: shared.node_id,
+        attempt,
+        error,
+        inference_time_ms: now_ms.saturating_sub(started_ms),
+        now_ms,
+    };
+    record(shared, cmd, "fail").await;
+}
+
+/// Proposes a final command. A failure here leaves the job running on an expiring lease, so it is
+/// retried by someone after the lease runs out: log and move on.
+async fn record(shared: &Shared, cmd: JobCommand, what: &'static str) {
+    match shared.joblog.propose(cmd).await {
+        Ok(CommandResult::Applied | CommandResult::Cancelled) => debug!(what, "recorded"),
+        Ok(other) => info!(what, result = ?other, "outcome not recorded"),
+        Err(e) => {
+            warn!(what, error = %e, "could not record the outcome; the lease will requeue it")
+        }
+    }
+}
+
+async fn flush_logs(shared: &Shared, id: &RequestId, attempt: u32, buf: &mut Vec<LogLine>) {
+    if buf.is_empty() {
+        return;
+    }
+    let lines = std::mem::take(buf);
+    let cmd = JobCommand::AppendLogs {
+        request_id: id.clone(),
+        attempt,
+        lines,
+    };
+    if let Err(e) = shared.joblog.propose(cmd).await {
+        // Logs are best effort: dropping a batch beats holding the job up.
+        warn!(error = %e, "dropping a batch of job logs");
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Proposes `Tick` whenever the table says one is due (expired leases, missed start deadlines).
+pub async fn run_ticker(
+    joblog: JobLog,
+    clock: Arc<dyn Clock>,
+    check_every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(check_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            _ = every.tick() => {
+                let now_ms = clock.now_ms();
+                if !tick_due(joblog.read(|t| t.next_tick_due_ms()), now_ms) {
+                    continue;
+                }
+                match joblog.propose(JobCommand::Tick { now_ms }).await {
+                    Ok(CommandResult::Ticked { requeued, timed_out }) if requeued + timed_out > 0 => {
+                        info!(requeued, timed_out, "tick");
+                    }
+                    Ok(_) => {}
+                    // Followers cannot tick; the leader does.
+                    Err(e) => debug!(error = %e, "tick not proposed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use runmesh_proto::{ModelId, Priority, SubmitMode, SystemClock};
+    use serde_json::json;
+
+    fn spec(model: &str, priority: Priority) -> JobSpec {
+        JobSpec {
+            request_id: RequestId::new_random(),
+            model: ModelId::parse(model).unwrap(),
+            input_json: "{}".into(),
+            webhook_url: None,
+            priority,
+            start_timeout_ms: None,
+            runner_hint: None,
+            no_retry: false,
+            mode: SubmitMode::Queue,
+            submitted_by: None,
+            accepted_by: 1,
+            accepted_region: None,
+            submitted_at_ms: 1_000,
+        }
+    }
+
+    fn submit(t: &mut JobTable, s: &JobSpec) {
+        t.apply(JobCommand::Submit { spec: s.clone() }, &mut Vec::new());
+    }
+
+    fn ids(recs: Vec<&JobRecord>) -> Vec<RequestId> {
+        recs.into_iter()
+            .map(|r| r.spec.request_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn claims_follow_priority_then_arrival_for_served_apps() {
+        let mut t = JobTable::new();
+        let low = spec("runmesh/echo", Priority::Low);
+        let other = spec("someone/else", Priority::Normal);
+        let a = spec("runmesh/echo/sub", Priority::Normal);
+        let b = spec("runmesh/sleep", Priority::Normal);
+        for s in [&low, &other, &a, &b] {
+            submit(&mut t, s);
+        }
+        let serves = |app: &AppId| app.owner == "runmesh";
+        let none_held = |_: &RequestId| false;
+        assert_eq!(
+            ids(choose_claims(t.queued_in_order(), 2, serves, none_held)),
+            [a.request_id.clone(), b.request_id.clone()]
+        );
+        assert_eq!(
+            ids(choose_claims(t.queued_in_order(), 10, serves, none_held)),
+            [
+                a.request_id.clone(),
+                b.request_id.clone(),
+                low.request_id.clone()
+            ]
+        );
+        assert!(choose_claims(t.queued_in_order(), 0, serves, none_held).is_empty());
+        let held = |id: &RequestId| *id == a.request_id;
+        assert_eq!(
+            ids(choose_claims(t.queued_in_order(), 1, serves, held)),
+            vec![b.request_id.clone()]
+        );
+    }
+
+    #[test]
+    fn signals_follow_the_table() {
+        let mut t = JobTable::new();
+        let s = spec("runmesh/echo", Priority::Normal);
+        let id = s.request_id.clone();
+        assert_eq!(job_signal(&t, &id, 1, 1), JobSignal::Lost);
+        submit(&mut t, &s);
+        let assign = JobCommand::Assign {
+            request_id: id.clone(),
+            worker: 1,
+            lease_ms: 100,
+            now_ms: 2_000,
+        };
+        t.apply(assign, &mut Vec::new());
+        assert_eq!(job_signal(&t, &id, 1, 1), JobSignal::Run);
+        assert_eq!(job_signal(&t, &id, 2, 1), JobSignal::Lost);
+        assert_eq!(job_signal(&t, &id, 1, 2), JobSignal::Lost);
+        t.apply(
+            JobCommand::RequestCancel {
+                request_id: id.clone(),
+                now_ms: 2_010,
+            },
+            &mut Vec::new(),
+        );
+        assert_eq!(job_signal(&t, &id, 1, 1), JobSignal::Cancel);
+        t.apply(JobCommand::Tick { now_ms: 3_000 }, &mut Vec::new());
+        assert_eq!(job_signal(&t, &id, 1, 1), JobSignal::Lost);
+    }
+
+    #[test]
+    fn ticks_only_when_due() {
+        assert!(!tick_due(None, 5));
+        assert!(!tick_due(Some(6), 5));
+        assert!(tick_due(Some(5), 5));
+        assert!(tick_due(Some(1), 5));
+    }
+
+    // End to end through a real single-node job log.
+
+    struct Node {
+        joblog: JobLog,
+        stop: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+        partials: PartialHub,
+    }
+
+    async fn node(cfg: WorkerConfig, registry: AppRegistry) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let joblog = JobLog::open(
+            runmesh_raft::JobLogConfig::single_node(dir.path().join("raft")),
+            clock.clone(),
+            Arc::new(runmesh_raft::transport::NoNetwork),
+        )
+        .await
+        .unwrap();
+        assert!(joblog.wait_healthy(Duration::from_secs(10)).await);
+        let partials = PartialHub::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let worker = Worker::new(
+            joblog.clone(),
+            Arc::new(registry),
+            partials.clone(),
+            clock.clone(),
+            cfg,
+        );
+        tokio::spawn(worker.run(stop_rx.clone()));
+        tokio::spawn(run_ticker(
+            joblog.clone(),
+            clock,
+            Duration::from_millis(20),
+            stop_rx,
+        ));
+        Node {
+            joblog,
+            stop,
+            _dir: dir,
+            partials,
+        }
+    }
+
+    async fn submit_job(n: &Node, model: &str, input: serde_json::Value) -> RequestId {
+        let mut s = spec(model, Priority::Normal);
+        s.input_json = input.to_string();
+        s.submitted_at_ms = n.joblog.now_ms();
+        let id = s.request_id.clone();
+        let r = n
+            .joblog
+            .propose(JobCommand::Submit { spec: s })
+            .await
+            .unwrap();
+        assert!(matches!(r, CommandResult::Submitted { .. }), "{r:?}");
+        id
+    }
+
+    async fn wait_terminal(n: &Node, id: &RequestId) -> JobRecord {
+        for _ in 0..500 {
+            let rec = n.joblog.read(|t| t.get(id).cloned()).unwrap();
+            if rec.state.is_terminal() {
+                return rec;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("job {id} did not finish");
+    }
+
+    fn output(rec: &JobRecord) -> serde_json::Value {
+        match &rec.state {
+            JobState::Completed {
+                outcome: runmesh_proto::Outcome::Output { output_json },
+                ..
+            } => serde_json::from_str(output_json).unwrap(),
+            other => panic!("not an output: {other:?}"),
+        }
+    }
+
+    fn error(rec: &JobRecord) -> JobError {
+        match &rec.state {
+            JobState::Completed {
+                outcome: runmesh_proto::Outcome::Error(e),
+                ..
+            } => e.clone(),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_jobs_to_completion_with_logs() {
+        let n = node(WorkerConfig::default(), AppRegistry::with_builtins()).await;
+        let echo = submit_job(&n, "runmesh/echo", json!({"x": 1})).await;
+        let sleep = submit_job(&n, "runmesh/sleep", json!({"ms": 150})).await;
+        let fail = submit_job(&n, "runmesh/fail", json!({"message": "nope"})).await;
+        assert_eq!(output(&wait_terminal(&n, &echo).await), json!({"x": 1}));
+        let rec = wait_terminal(&n, &sleep).await;
+        assert_eq!(output(&rec), json!({"slept_ms": 150}));
+        assert!(rec.logs.len() >= 2, "{:?}", rec.logs);
+        assert!(rec.inference_time_ms.unwrap() >= 150);
+        let e = error(&wait_terminal(&n, &fail).await);
+        assert_eq!(
+            (e.error_type, e.message.as_str()),
+            (ErrorType::RunnerError, "nope")
+        );
+        let _ = n.stop.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancels_a_running_job() {
+        let n = node(WorkerConfig::default(), AppRegistry::with_builtins()).await;
+        let id = submit_job(&n, "runmesh/sleep", json!({"ms": 600_000})).await;
+        for _ in 0..200 {
+            if n.joblog
+                .read(|t| matches!(t.get(&id).map(|r| &r.state), Some(JobState::Running { .. })))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = n
+            .joblog
+            .propose(JobCommand::RequestCancel {
+                request_id: id.clone(),
+                now_ms: n.joblog.now_ms(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r, CommandResult::CancellationRequested);
+        let rec = wait_terminal(&n, &id).await;
+        assert!(
+            matches!(rec.state, JobState::Cancelled { .. }),
+            "{:?}",
+            rec.state
+        );
+        let _ = n.stop.send(true);
+    }
+
+    struct Panics;
+    impl crate::apps::App for Panics {
+        fn manifest(&self) -> crate::apps::AppManifest {
+            crate::apps::AppManifest {
+                id: AppId::new("test", "panics").unwrap(),
+                description: String::new(),
+                streams: false,
+            }
+        }
+        fn validate(
+            &self,
+            _: Option<&str>,
+            _: &serde_json::Value,
+        ) -> Result<(), Vec<runmesh_proto::fal::FieldError>> {
+            Ok(())
+        }
+        fn run(&self, _ctx: JobContext, _input: serde_json::Value) -> crate::apps::AppFuture {
+            Box::pin(async { panic!("boom") })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_app_fails_its_job_and_the_worker_goes_on() {
+        let mut reg = AppRegistry::with_builtins();
+        reg.register(Arc::new(Panics)).unwrap();
+        let n = node(
+            WorkerConfig {
+                slots: 1,
+                ..WorkerConfig::default()
+            },
+            reg,
+        )
+        .await;
+        let bad = submit_job(&n, "test/panics", json!({})).await;
+        let good = submit_job(&n, "runmesh/echo", json!({"ok": true})).await;
+        let e = error(&wait_terminal(&n, &bad).await);
+        assert_eq!(e.error_type, ErrorType::InternalError);
+        assert!(e.message.contains("boom"), "{}", e.message);
+        assert_eq!(output(&wait_terminal(&n, &good).await), json!({"ok": true}));
+        let _ = n.stop.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_partials_and_respects_slots() {
+        let n = node(
+            WorkerConfig {
+                slots: 2,
+                ..WorkerConfig::default()
+            },
+            AppRegistry::with_builtins(),
+        )
+        .await;
+        let sleeps: Vec<RequestId> = {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                v.push(submit_job(&n, "runmesh/sleep", json!({"ms": 200})).await);
+            }
+            v
+        };
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let running = n.joblog.read(|t| t.running_on(t_node(&n)).count());
+        assert!(running <= 2, "{running} running with 2 slots");
+        for id in &sleeps {
+            wait_terminal(&n, id).await;
+        }
+        // The stream job's partials reach a subscriber that listens before the job runs.
+        let mut s = spec("runmesh/stream", Priority::Normal);
+        s.input_json = json!({"n": 3, "interval_ms": 5}).to_string();
+        let mut rx = n.partials.subscribe(&s.request_id);
+        let id = s.request_id.clone();
+        n.joblog
+            .propose(JobCommand::Submit { spec: s })
+            .await
+            .unwrap();
+        assert_eq!(output(&wait_terminal(&n, &id).await), json!({"n": 3}));
+        let mut got = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            got.push(p);
+        }
+        assert_eq!(got, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#]);
+        let _ = n.stop.send(true);
+    }
+
+    fn t_node(n: &Node) -> NodeId {
+        n.joblog.node_id()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_job_is_requeued_after_its_lease_and_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let joblog = JobLog::open(
+            runmesh_raft::JobLogConfig::single_node(dir.path().join("raft")),
+            clock.clone(),
+            Arc::new(runmesh_raft::transport::NoNetwork),
+        )
+        .await
+        .unwrap();
+        assert!(joblog.wait_healthy(Duration::from_secs(10)).await);
+        // A previous process claimed the job and died.
+        let mut s = spec("runmesh/echo", Priority::Normal);
+        s.input_json = json!({"again": 1}).to_string();
+        let id = s.request_id.clone();
+        joblog
+            .propose(JobCommand::Submit { spec: s })
+            .await
+            .unwrap();
+        let assign = JobCommand::Assign {
+            request_id: id.clone(),
+            worker: joblog.node_id(),
+            lease_ms: 300,
+            now_ms: clock.now_ms(),
+        };
+        assert_eq!(
+            joblog.propose(assign).await.unwrap(),
+            CommandResult::Assigned { attempt: 1 }
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let worker = Worker::new(
+            joblog.clone(),
+            Arc::new(AppRegistry::with_builtins()),
+            PartialHub::default(),
+            clock.clone(),
+            WorkerConfig::default(),
+        );
+        tokio::spawn(worker.run(stop_rx.clone()));
+        tokio::spawn(run_ticker(
+            joblog.clone(),
+            clock,
+            Duration::from_millis(20),
+            stop_rx,
+        ));
+        let n = Node {
+            joblog,
+            stop,
+            _dir: dir,
+            partials: PartialHub::default(),
+        };
+        let rec = wait_terminal(&n, &id).await;
+        assert_eq!(output(&rec), json!({"again": 1}));
+        assert_eq!(rec.attempts, 2);
+        let _ = n.stop.send(true);
+    }
+}
