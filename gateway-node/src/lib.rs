@@ -10,14 +10,18 @@
 //! [`errors`] (fal-shaped errors), [`partials`] (partial outputs), `admin` (health, app list).
 
 mod admin;
+mod admin_keys;
+pub mod auth;
 pub mod errors;
 pub mod partials;
 mod queue;
+pub mod realtime;
 pub mod routing;
 pub mod status;
 pub mod stream;
 pub mod submit;
 mod watch;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -34,6 +38,10 @@ use tracing::Instrument;
 use crate::errors::{json_response, ApiError, REQUEST_ID_HEADER};
 use crate::routing::{logs_requested, query_map, RequestContext, Route};
 
+pub use crate::admin::{
+    cluster_json, job_worker, node_name, ClusterHandle, ClusterInfo, RaftMembership, WORKER_HEADER,
+};
+pub use crate::auth::{AuthConfig, Caller, ClusterKey};
 pub use crate::partials::PartialHub;
 
 /// Default request body limit: 10 MiB.
@@ -45,13 +53,33 @@ pub struct GatewayConfig {
     pub body_limit_bytes: usize,
     /// Recorded on accepted jobs (`JobSpec::accepted_region`) and shown by `/healthz`.
     pub region: Option<String>,
+    /// The node's view of the cluster for `GET /admin/cluster` (without it: Raft membership only).
+    pub cluster: Option<ClusterHandle>,
+    /// Keys, scopes and rate limits.
+    pub auth: AuthConfig,
+    /// How long an `Idempotency-Key` returns its first submission.
+    pub idempotency_window_ms: u64,
+    /// A realtime WebSocket with no input for this long gets fal's TIMEOUT error and is closed.
+    pub realtime_idle_timeout_ms: u64,
+    /// The listener serves HTTPS: URLs handed back say `https` unless `X-Forwarded-Proto` differs.
+    pub https: bool,
 }
+
+/// Default `Idempotency-Key` window: 24 hours.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 3600 * 1000;
+/// Default realtime idle timeout: 5 minutes.
+pub const REALTIME_IDLE_TIMEOUT_MS_DEFAULT: u64 = 5 * 60 * 1000;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             region: None,
+            cluster: None,
+            auth: AuthConfig::default(),
+            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            realtime_idle_timeout_ms: REALTIME_IDLE_TIMEOUT_MS_DEFAULT,
+            https: false,
         }
     }
 }
@@ -71,6 +99,22 @@ pub(crate) struct AppState {
     pub(crate) catalog: Arc<dyn AppCatalog>,
     pub(crate) partials: PartialHub,
     pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) limiter: Arc<auth::RateLimiter>,
+    /// Derived once the cluster secret is in the replicated state (it never changes after).
+    pub(crate) cluster_key: Arc<std::sync::OnceLock<ClusterKey>>,
+}
+
+impl AppState {
+    /// The cluster's signing key, once a node committed the cluster secret.
+    pub(crate) fn cluster_key(&self) -> Option<ClusterKey> {
+        if let Some(k) = self.cluster_key.get() {
+            return Some(k.clone());
+        }
+        let key = self
+            .joblog
+            .read_state(|s| s.keys.cluster_secret().map(ClusterKey::from_cluster_secret))?;
+        Some(self.cluster_key.get_or_init(|| key).clone())
+    }
 }
 
 /// The whole HTTP API. Serve it with `axum::serve(listener, router(..))`.
@@ -81,26 +125,35 @@ pub fn router(
     config: GatewayConfig,
 ) -> Router {
     let body_limit_bytes = config.body_limit_bytes;
+    let scheme: &'static str = if config.https { "https" } else { "http" };
     let state = AppState {
         joblog,
         catalog,
         partials,
         config: Arc::new(config),
+        limiter: Arc::new(auth::RateLimiter::default()),
+        cluster_key: Arc::new(std::sync::OnceLock::new()),
     };
+    let auth_state = state.clone();
     // Endpoint ids have a variable number of segments, so one handler routes by hand (`routing`).
     Router::new()
+        .route("/admin/cluster", axum::routing::get(admin::cluster))
         .fallback(dispatch)
         .with_state(state)
         // Handlers read bodies with this same limit themselves (`submit::read_body`), so that the
         // 413 is fal-shaped; the layer keeps any extractor added later under the same limit.
         .layer(DefaultBodyLimit::max(body_limit_bytes))
-        .layer(middleware::from_fn(envelope))
+        // Inside the envelope (which decides the route it needs), around every handler.
+        .layer(middleware::from_fn_with_state(auth_state, auth::middleware))
+        .layer(middleware::from_fn(move |req, next| {
+            envelope(req, next, scheme)
+        }))
 }
 
 /// Around every request: decide the route once, open the request span, and make sure every response
 /// is JSON-typed and carries `x-fal-request-id`.
-async fn envelope(mut req: Request, next: Next) -> Response {
-    let ctx = RequestContext::new(req.method(), req.uri(), req.headers());
+async fn envelope(mut req: Request, next: Next, scheme: &'static str) -> Response {
+    let ctx = RequestContext::with_scheme(req.method(), req.uri(), req.headers(), scheme);
     let request_id = ctx.log_id();
     let span = tracing::info_span!(
         "request",
@@ -156,23 +209,49 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         None => RequestContext::new(req.method(), req.uri(), req.headers()),
     };
     let with_logs = || logs_requested(query_map(req.uri()).as_ref());
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous);
+    // A request id of someone else's job reads as unknown, never as "forbidden".
+    if let Some(resp) = queue::hide_foreign(&state, &ctx.route, &caller) {
+        return resp;
+    }
     match ctx.route.clone() {
         Route::Health => admin::healthz(&state),
         Route::ListApps => admin::list_apps(&state),
-        Route::Submit { model } => submit::queue_submit(&state, &ctx, model, req).await,
-        Route::Run { model } => submit::sync_run(&state, &ctx, model, req).await,
-        Route::RunStream { model } => stream::run_stream(&state, &ctx, model, req).await,
+        Route::Jwks => admin_keys::jwks(&state),
+        Route::Tokens => admin_keys::tokens(&state, &caller, req).await,
+        Route::AdminKeys => admin_keys::keys(&state, req).await,
+        Route::AdminKeyRevoke { key_id } => admin_keys::revoke(&state, &key_id).await,
+        Route::AdminWebhooksFailed => admin_keys::failed_webhooks(&state),
+        Route::AdminWebhookRetry { id } => admin_keys::retry_webhook(&state, &id).await,
+        // Served by its own axum route; reaching here means the method was wrong.
+        Route::AdminCluster => ApiError::MethodNotAllowed { allow: "GET" }.into_response(),
+        Route::Realtime { model } => realtime::upgrade(&state, &caller, model, req).await,
+        Route::HttpOverWs { model } => realtime::http_over_ws(&state, &caller, model, req).await,
+        Route::Submit { model } => submit::queue_submit(&state, &ctx, &caller, model, req).await,
+        Route::Run { model } => submit::sync_run(&state, &ctx, &caller, model, req).await,
+        Route::RunStream { model } => stream::run_stream(&state, &ctx, &caller, model, req).await,
         Route::Status {
             app,
             id,
             stream: false,
-        } => queue::status(&state, &ctx.base, &app, &id, with_logs()),
+        } => admin::with_worker_header(
+            &state,
+            &app,
+            &id,
+            queue::status(&state, &ctx.base, &app, &id, with_logs()),
+        ),
         Route::Status {
             app,
             id,
             stream: true,
         } => stream::status_stream(&state, &ctx.base, &app, &id, with_logs()),
-        Route::Result { app, id } => queue::result(&state, &app, &id),
+        Route::Result { app, id } => {
+            admin::with_worker_header(&state, &app, &id, queue::result(&state, &app, &id))
+        }
         Route::Cancel { app, id } => queue::cancel(&state, &app, &id).await,
         Route::UnknownModel { path } => ApiError::ModelNotFound(path).into_response(),
         Route::MethodNotAllowed { allow } => ApiError::MethodNotAllowed { allow }.into_response(),

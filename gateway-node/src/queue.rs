@@ -23,6 +23,35 @@ pub(crate) fn parse_id(raw: &str) -> Result<RequestId, ApiError> {
         .map_err(|_| ApiError::RequestNotFound(raw.chars().take(64).collect()))
 }
 
+/// For a status/result/cancel of a job the caller may not see (another key's), the 404 an unknown
+/// id gets; `None` when the request may go on.
+pub(crate) fn hide_foreign(
+    state: &AppState,
+    route: &crate::routing::Route,
+    caller: &crate::auth::Caller,
+) -> Option<Response> {
+    use crate::routing::Route;
+    let (Route::Status { id, .. } | Route::Result { id, .. } | Route::Cancel { id, .. }) = route
+    else {
+        return None;
+    };
+    let id: RequestId = id.parse().ok()?;
+    let require = state.config.auth.require_auth;
+    let visible = state.joblog.read(|t| {
+        t.get(&id)
+            .is_none_or(|r| caller.may_see(r.spec.submitted_by.as_deref(), require))
+    });
+    if visible {
+        return None;
+    }
+    Some(match route {
+        Route::Cancel { .. } => {
+            json_response(StatusCode::NOT_FOUND, &json!({ "status": "NOT_FOUND" }))
+        }
+        _ => ApiError::RequestNotFound(id.to_string()).into_response(),
+    })
+}
+
 /// The status object of a job, read from the local table.
 pub(crate) fn read_status(
     state: &AppState,

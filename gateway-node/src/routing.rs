@@ -21,6 +21,8 @@ pub enum Surface {
     Queue,
     /// `fal.run`: the response is the output (or an SSE stream of it).
     Sync,
+    /// `ws.fal.run`: HTTP over WebSocket (a `ws.` host; the `/ws/` path prefix works on any host).
+    Ws,
 }
 
 /// Splits a request into its surface, the path prefix that selected it (`""` or `/queue`), and the
@@ -37,6 +39,8 @@ pub fn split_surface<'a>(host: Option<&str>, path: &'a str) -> (Surface, &'stati
         .unwrap_or("");
     if first_label.eq_ignore_ascii_case("queue") {
         (Surface::Queue, "", path)
+    } else if first_label.eq_ignore_ascii_case("ws") {
+        (Surface::Ws, "", path)
     } else {
         (Surface::Sync, "", path)
     }
@@ -50,13 +54,24 @@ impl BaseUrl {
     /// Scheme from `X-Forwarded-Proto` (http or https, else http), host from `Host` (else the URI
     /// authority, else `localhost`), then the surface prefix.
     pub fn from_request(headers: &HeaderMap, uri: &Uri, prefix: &str) -> Self {
+        Self::from_request_default(headers, uri, prefix, "http")
+    }
+
+    /// As [`Self::from_request`], with the scheme used when no `X-Forwarded-Proto` says otherwise
+    /// (`https` on a TLS listener).
+    pub fn from_request_default(
+        headers: &HeaderMap,
+        uri: &Uri,
+        prefix: &str,
+        default_scheme: &'static str,
+    ) -> Self {
         let scheme = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .map(|v| v.trim().to_ascii_lowercase())
             .filter(|v| v == "https" || v == "http")
-            .unwrap_or_else(|| "http".to_string());
+            .unwrap_or_else(|| default_scheme.to_string());
         let host = host_of(headers, uri)
             .filter(|h| is_plausible_host(h))
             .unwrap_or("localhost");
@@ -107,6 +122,32 @@ fn is_plausible_host(h: &str) -> bool {
 pub enum Route {
     Health,
     ListApps,
+    /// `GET /admin/cluster` (served by its own axum route; named here for auth).
+    AdminCluster,
+    /// `GET /.well-known/jwks.json`: the public key webhooks are signed with.
+    Jwks,
+    /// `POST /tokens/`: a short-lived realtime token (fal's `rest.fal.ai/tokens/`).
+    Tokens,
+    /// `GET|POST /admin/keys`.
+    AdminKeys,
+    /// `DELETE /admin/keys/{key_id}`.
+    AdminKeyRevoke {
+        key_id: String,
+    },
+    /// `GET /admin/webhooks/failed`.
+    AdminWebhooksFailed,
+    /// `POST /admin/webhooks/{request_id}/retry`.
+    AdminWebhookRetry {
+        id: String,
+    },
+    /// Sync `GET /{endpoint}/realtime` (WebSocket).
+    Realtime {
+        model: ModelId,
+    },
+    /// `GET /ws/{endpoint}` (or a `ws.` host): fal's HTTP-over-WebSocket (`wss://ws.fal.run/...`).
+    HttpOverWs {
+        model: ModelId,
+    },
     /// Queue `POST /{endpoint}`.
     Submit {
         model: ModelId,
@@ -169,13 +210,48 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
     match segments.as_slice() {
         ["healthz"] => return only(method, &Method::GET, "GET", Route::Health),
         ["admin", "apps"] if method == Method::GET => return Route::ListApps,
+        ["admin", "cluster"] => return Route::AdminCluster,
+        [".well-known", "jwks.json"] => return only(method, &Method::GET, "GET", Route::Jwks),
+        ["tokens"] => return only(method, &Method::POST, "POST", Route::Tokens),
+        ["admin", "keys"] => {
+            return if method == Method::GET || method == Method::POST {
+                Route::AdminKeys
+            } else {
+                Route::MethodNotAllowed { allow: "GET, POST" }
+            }
+        }
+        ["admin", "keys", key_id] => {
+            return only(
+                method,
+                &Method::DELETE,
+                "DELETE",
+                Route::AdminKeyRevoke {
+                    key_id: key_id.to_string(),
+                },
+            )
+        }
+        ["admin", "webhooks", "failed"] => {
+            return only(method, &Method::GET, "GET", Route::AdminWebhooksFailed)
+        }
+        ["admin", "webhooks", id, "retry"] => {
+            return only(
+                method,
+                &Method::POST,
+                "POST",
+                Route::AdminWebhookRetry { id: id.to_string() },
+            )
+        }
         [] => return Route::NotFound,
         _ => {}
     }
     match surface {
         Surface::Queue => parse_requests_route(method, &segments)
             .unwrap_or_else(|| submit_route(method, &segments)),
-        Surface::Sync => run_route(method, &segments),
+        Surface::Ws => ws_route(method, &segments),
+        Surface::Sync => match segments.split_first() {
+            Some((&"ws", rest)) if rest.len() >= 2 => ws_route(method, rest),
+            _ => run_route(method, &segments),
+        },
     }
 }
 
@@ -260,26 +336,41 @@ fn submit_route(method: &Method, segments: &[&str]) -> Route {
     }
 }
 
-fn run_route(method: &Method, segments: &[&str]) -> Route {
-    // `owner/alias/stream` is the stream endpoint of `owner/alias` (as fal clients build it), never
-    // a subpath `stream`; a bare `owner/stream` is the app called `stream`.
-    let (model_segments, stream) = match segments.split_last() {
-        Some((&"stream", rest)) if rest.len() >= 2 => (rest, true),
-        _ => (segments, false),
-    };
-    match ModelId::from_segments(model_segments) {
-        Ok(model) if method == Method::POST => {
-            if stream {
-                Route::RunStream { model }
-            } else {
-                Route::Run { model }
-            }
-        }
-        Ok(_) => Route::MethodNotAllowed { allow: "POST" },
-        Err(_) if method == Method::POST => Route::UnknownModel {
+fn ws_route(method: &Method, segments: &[&str]) -> Route {
+    match ModelId::from_segments(segments) {
+        Ok(model) if method == Method::GET => Route::HttpOverWs { model },
+        Ok(_) => Route::MethodNotAllowed { allow: "GET" },
+        Err(_) => Route::UnknownModel {
             path: segments.join("/"),
         },
-        Err(_) => Route::NotFound,
+    }
+}
+
+fn run_route(method: &Method, segments: &[&str]) -> Route {
+    // `owner/alias/stream` is the stream endpoint of `owner/alias` (as fal clients build it), never
+    // a subpath `stream`; a bare `owner/stream` is the app called `stream`. `/realtime` likewise.
+    let (model_segments, suffix) = match segments.split_last() {
+        Some((&"stream", rest)) if rest.len() >= 2 => (rest, Some("stream")),
+        Some((&"realtime", rest)) if rest.len() >= 2 => (rest, Some("realtime")),
+        _ => (segments, None),
+    };
+    let model = match ModelId::from_segments(model_segments) {
+        Ok(model) => model,
+        Err(_) if method == Method::POST || method == Method::GET => {
+            return Route::UnknownModel {
+                path: segments.join("/"),
+            }
+        }
+        Err(_) => return Route::NotFound,
+    };
+    match (suffix, method) {
+        (Some("stream"), &Method::POST) => Route::RunStream { model },
+        (Some("stream"), _) => Route::MethodNotAllowed { allow: "POST" },
+        (Some(_), &Method::GET) => Route::Realtime { model },
+        (Some(_), _) => Route::MethodNotAllowed { allow: "GET" },
+        // GET runs too: JS puts the input in the query string, PY `run(method="GET")` sends none.
+        (None, &Method::POST | &Method::GET) => Route::Run { model },
+        (None, _) => Route::MethodNotAllowed { allow: "GET, POST" },
     }
 }
 
@@ -310,11 +401,21 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
+        Self::with_scheme(method, uri, headers, "http")
+    }
+
+    /// As [`Self::new`] on a listener whose own scheme is `default_scheme`.
+    pub fn with_scheme(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        default_scheme: &'static str,
+    ) -> Self {
         let (surface, prefix, rest) = split_surface(host_of(headers, uri), uri.path());
         Self {
             fresh_id: RequestId::new_random(),
             surface,
-            base: BaseUrl::from_request(headers, uri, prefix),
+            base: BaseUrl::from_request_default(headers, uri, prefix, default_scheme),
             route: parse_route(method, surface, rest),
         }
     }
@@ -525,7 +626,49 @@ mod tests {
         );
         assert_eq!(
             sync(Method::GET, "/a/b"),
-            Route::MethodNotAllowed { allow: "POST" }
+            Route::Run {
+                model: ModelId::parse("a/b").unwrap()
+            }
+        );
+        assert_eq!(
+            sync(Method::PUT, "/a/b"),
+            Route::MethodNotAllowed { allow: "GET, POST" }
+        );
+        assert_eq!(
+            sync(Method::GET, "/runmesh/echo/realtime"),
+            Route::Realtime {
+                model: ModelId::parse("runmesh/echo").unwrap()
+            }
+        );
+        assert_eq!(
+            sync(Method::POST, "/runmesh/echo/realtime"),
+            Route::MethodNotAllowed { allow: "GET" }
+        );
+        assert_eq!(queue(Method::GET, "/.well-known/jwks.json"), Route::Jwks);
+        assert_eq!(
+            sync(Method::GET, "/ws/runmesh/echo/sub"),
+            Route::HttpOverWs {
+                model: ModelId::parse("runmesh/echo/sub").unwrap()
+            }
+        );
+        assert_eq!(
+            parse_route(&Method::GET, Surface::Ws, "/runmesh/echo"),
+            Route::HttpOverWs {
+                model: ModelId::parse("runmesh/echo").unwrap()
+            }
+        );
+        assert_eq!(split_surface(Some("ws.localhost:1"), "/a/b").0, Surface::Ws);
+        assert_eq!(sync(Method::POST, "/tokens/"), Route::Tokens);
+        assert_eq!(sync(Method::POST, "/admin/keys"), Route::AdminKeys);
+        assert_eq!(
+            sync(Method::DELETE, "/admin/keys/k1"),
+            Route::AdminKeyRevoke {
+                key_id: "k1".into()
+            }
+        );
+        assert_eq!(
+            sync(Method::GET, "/admin/webhooks/failed"),
+            Route::AdminWebhooksFailed
         );
         assert_eq!(sync(Method::GET, "/healthz"), Route::Health);
         assert_eq!(

@@ -10,6 +10,9 @@ use serde_json::{json, Map, Value};
 use crate::errors::{
     json_response, json_text_response, with_request_id, ERROR_TYPE_HEADER, TIMEOUT_TYPE_HEADER,
 };
+
+/// fal's model-error header: whether retrying the same request may help.
+pub const RETRYABLE_HEADER: &str = "x-fal-retryable";
 use crate::routing::JobUrls;
 
 /// Message fal uses for a cancelled request.
@@ -100,6 +103,10 @@ impl Failure {
         let mut resp = json_response(self.http_status, &self.body());
         let headers = resp.headers_mut();
         headers.insert(ERROR_TYPE_HEADER, HeaderValue::from_static(self.error_type));
+        headers.insert(
+            RETRYABLE_HEADER,
+            HeaderValue::from_static(if self.retryable() { "true" } else { "false" }),
+        );
         if self.user_timeout {
             headers.insert(TIMEOUT_TYPE_HEADER, HeaderValue::from_static("user"));
         }
@@ -108,6 +115,17 @@ impl Failure {
 
     pub fn body(&self) -> Value {
         json!({ "detail": self.detail, "error_type": self.error_type })
+    }
+
+    /// fal's `X-Fal-Retryable`: would the same request likely succeed if sent again? Yes for
+    /// infrastructure failures (a lost runner, an internal error, a queue timeout the client did
+    /// not set); no for what the app itself decided, a cancel, or the client's own start timeout.
+    pub fn retryable(&self) -> bool {
+        match self.error_type {
+            "runner_disconnected" | "internal_error" => true,
+            "request_timeout" => !self.user_timeout,
+            _ => false,
+        }
     }
 }
 
@@ -221,6 +239,7 @@ pub(crate) mod tests {
             attempts: 1,
             started_at_ms: Some(1_100),
             inference_time_ms: Some(1_500),
+            last_worker: None,
         }
     }
 

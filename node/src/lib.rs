@@ -3,4 +3,11 @@
 
 pub mod apps;
 pub mod config;
+pub mod gpu;
+pub mod identity;
+pub mod keys_cli;
+pub mod mesh;
+pub mod runners;
+pub mod tls;
+pub mod webhooks;
 pub mod worker;

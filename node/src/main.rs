@@ -10,11 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use runmesh_gateway_node::{AppCatalog, GatewayConfig, PartialHub};
-use runmesh_node::apps::AppRegistry;
 use runmesh_node::config::{ConfigFile, LogFormat, NodeConfig};
 use runmesh_node::worker::{run_ticker, Worker};
 use runmesh_proto::{Clock, SystemClock};
-use runmesh_raft::{JobLog, JobLogConfig};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,6 +39,8 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything builds a TLS config: several providers are linked (see tls.rs).
+    runmesh_node::tls::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -62,8 +62,51 @@ fn real_main() -> anyhow::Result<()> {
                 init_logging(LogFormat::Text);
                 bench::run(args).await
             }
+            Command::Init(args) => {
+                init_logging(LogFormat::Text);
+                init_node(args)
+            }
+            Command::Status(args) => status_command(args).await,
+            Command::Models(cmd) => {
+                init_logging(LogFormat::Text);
+                models_command(cmd).await
+            }
+            Command::Keys(args) => {
+                init_logging(LogFormat::Text);
+                runmesh_node::keys_cli::run(args)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         }
     })
+}
+
+/// `runmesh models fetch|list|bench`.
+async fn models_command(cmd: cli::ModelsCommand) -> anyhow::Result<()> {
+    use runmesh_node::apps::{cli as models_cli, models};
+    let dir_of = |d: &cli::ModelsDirArgs| models::models_dir(d.models_dir.as_deref(), &d.data_dir);
+    match cmd {
+        cli::ModelsCommand::Fetch(a) => {
+            let dir = dir_of(&a.dir);
+            tokio::task::spawn_blocking(move || {
+                models_cli::fetch(&a.models, &dir, a.cache_dir.as_deref(), &a.python)
+            })
+            .await
+            .context("fetch task")??;
+            Ok(())
+        }
+        cli::ModelsCommand::List(d) => {
+            models_cli::list(&dir_of(&d));
+            Ok(())
+        }
+        cli::ModelsCommand::Bench(a) => {
+            let report = models_cli::bench(&dir_of(&a.dir), a.requests, &a.batches)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(())
+        }
+    }
 }
 
 /// Logs on stderr (stdout carries the listening line and bench results), filtered by RUST_LOG.
@@ -88,54 +131,108 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let joblog = JobLog::open(
-        JobLogConfig::single_node(cfg.data_dir.join("raft")),
-        clock.clone(),
-        Arc::new(runmesh_raft::transport::NoNetwork),
-    )
-    .await
-    .context("opening the job log")?;
+    // One key names the node everywhere (Raft id, QUIC certificate, libp2p peer id).
+    let (identity, created) = runmesh_node::identity::NodeIdentity::load_or_create(&cfg.data_dir)
+        .context("loading the node key")?;
+    if created {
+        info!(path = %runmesh_node::identity::NodeIdentity::key_path(&cfg.data_dir).display(), "created a node key");
+    }
+    // Alone, or in the mesh when a Raft/p2p address is configured (joins through --bootstrap).
+    let (joblog, raft_mesh) =
+        runmesh_node::mesh::raft_mesh::open_job_log(&cfg, &identity, clock.clone())
+            .await
+            .context("opening the job log")?;
     if !joblog.wait_healthy(HEALTHY_TIMEOUT).await {
         joblog.shutdown().await;
         bail!("the job log did not become writable within {HEALTHY_TIMEOUT:?}");
     }
+    // The cluster secret (webhook signatures, realtime tokens) and the admin key (FAL-COMPAT).
+    let starts_cluster = cfg.bootstrap.is_none();
+    let admin_key_file = runmesh_node::keys_cli::bootstrap(
+        &joblog,
+        &cfg.data_dir,
+        cfg.compat.admin_key.as_ref().map(|k| k.0.as_str()),
+        starts_cluster,
+    )
+    .await
+    .context("setting up the admin key")?;
 
-    let registry = Arc::new(AppRegistry::with_builtins());
+    // Built-in apps, model apps whose weights are in place, external runners' apps (RUNNERS).
+    let runtime = runmesh_node::apps::setup::build(&cfg)
+        .await
+        .context("setting up apps")?;
+    let registry = Arc::new(runtime.registry);
     let partials = PartialHub::default();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Apps that ran here recently: the capacity advert calls them warm (MESH-GOSSIP).
+    let warm = runmesh_node::mesh::capacity::WarmSet::default();
     let worker = Worker::new(
         joblog.clone(),
         registry.clone(),
         partials.clone(),
         clock.clone(),
         cfg.worker(),
-    );
+    )
+    .with_warm_set(warm.clone());
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
-    let ticker_task = tokio::spawn(run_ticker(joblog.clone(), clock, TICK_CHECK_EVERY, stop_rx));
+    let webhooks_task = tokio::spawn(runmesh_node::webhooks::run(
+        joblog.clone(),
+        clock.clone(),
+        cfg.compat.webhooks.clone(),
+        stop_rx.clone(),
+    ));
+    let ticker_task = tokio::spawn(run_ticker(
+        joblog.clone(),
+        clock.clone(),
+        TICK_CHECK_EVERY,
+        stop_rx.clone(),
+    ));
 
-    let listener = tokio::net::TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| format!("binding {}", cfg.http))?;
+    let listener = runmesh_node::tls::bind(cfg.http, &cfg.compat.tls, &cfg.data_dir).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let scheme = listener.scheme();
+    // Cluster view, capacity adverts, gossip, and the dispatcher that places jobs while this node
+    // leads (MESH-GOSSIP).
+    let mesh = start_mesh(
+        &cfg,
+        addr,
+        &joblog,
+        &registry,
+        warm,
+        runtime.gpus.clone(),
+        clock.clone(),
+        &identity,
+        stop_rx,
+    )
+    .await?;
     let catalog: Arc<dyn AppCatalog> = registry;
     let gateway = GatewayConfig {
         body_limit_bytes: cfg.body_limit_bytes,
         region: cfg.region.clone(),
+        auth: runmesh_gateway_node::AuthConfig {
+            require_auth: cfg.compat.require_auth,
+            rate_per_s: f64::from(cfg.compat.rate_per_s),
+            rate_burst: cfg.compat.rate_burst,
+        },
+        https: scheme == "https",
+        cluster: Some(runmesh_gateway_node::ClusterHandle(Arc::new(
+            mesh.mesh.clone(),
+        ))),
+        ..GatewayConfig::default()
     };
     let app = runmesh_gateway_node::router(joblog.clone(), catalog, partials, gateway);
 
     let (drain_tx, mut drain_rx) = watch::channel(false);
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = drain_rx.wait_for(|d| *d).await;
-            })
-            .await
-    });
-    info!(%addr, data_dir = %cfg.data_dir.display(), slots = cfg.slots, "node started");
+    let mut server = tokio::spawn(listener.serve(app, async move {
+        let _ = drain_rx.wait_for(|d| *d).await;
+    }));
+    info!(%addr, data_dir = %cfg.data_dir.display(), slots = cfg.slots, require_auth = cfg.compat.require_auth, "node started");
+    if let Some(path) = &admin_key_file {
+        info!(path = %path.display(), "admin key (for `runmesh keys` and /admin/keys)");
+    }
     // Tests and scripts wait for this exact line.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "runmesh listening on http://{addr}").context("writing to stdout")?;
+    writeln!(out, "runmesh listening on {scheme}://{addr}").context("writing to stdout")?;
     out.flush().context("flushing stdout")?;
     drop(out);
 
@@ -157,10 +254,103 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, async {
         let _ = worker_task.await;
         let _ = ticker_task.await;
+        let _ = webhooks_task.await;
+        for t in mesh.tasks {
+            let _ = t.await;
+        }
     })
     .await;
     joblog.shutdown().await;
+    if let Some(m) = &raft_mesh {
+        m.shutdown();
+    }
     info!("stopped");
+    Ok(())
+}
+
+/// Starts the mesh side of the node (see `runmesh_node::mesh::capacity::start_mesh`).
+#[allow(clippy::too_many_arguments)]
+async fn start_mesh(
+    cfg: &NodeConfig,
+    api_addr: std::net::SocketAddr,
+    joblog: &runmesh_raft::JobLog,
+    registry: &runmesh_node::apps::AppRegistry,
+    warm: runmesh_node::mesh::capacity::WarmSet,
+    gpus: Arc<dyn runmesh_node::gpu::GpuProbe>,
+    clock: Arc<dyn Clock>,
+    identity: &runmesh_node::identity::NodeIdentity,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<runmesh_node::mesh::capacity::MeshHandles> {
+    use runmesh_node::mesh::capacity::{self, MeshOptions};
+    let opts = MeshOptions {
+        slots: cfg.slots,
+        region: cfg.region.clone(),
+        gpus,
+        serve_apps: cfg.serve_apps.clone(),
+        api_addr,
+        raft_addr: cfg.raft,
+        advertise: cfg.advertise.clone(),
+        p2p: cfg.p2p,
+        bootstrap: cfg.bootstrap.clone(),
+        worker: cfg.worker(),
+    };
+    #[cfg(feature = "p2p")]
+    let keypair = match cfg.p2p {
+        Some(_) => Some(identity.libp2p_keypair().context("the node's libp2p key")?),
+        None => None,
+    };
+    #[cfg(not(feature = "p2p"))]
+    let _ = identity;
+    capacity::start_mesh(
+        opts,
+        joblog,
+        registry,
+        warm,
+        clock,
+        #[cfg(feature = "p2p")]
+        keypair,
+        stop_rx,
+    )
+    .await
+    .context("starting the mesh")
+}
+
+/// `runmesh status`: one node's view of the cluster, as a table (or the JSON).
+async fn status_command(args: cli::StatusArgs) -> anyhow::Result<()> {
+    let base = if args.http.starts_with("http://") || args.http.starts_with("https://") {
+        args.http.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", args.http)
+    };
+    let url = format!("{base}/admin/cluster");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let mut req = client.get(&url);
+    if let Some(key) = &args.key {
+        req = req.header("authorization", format!("Key {key}"));
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {body}");
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    } else {
+        print!(
+            "{}",
+            runmesh_node::mesh::capacity::render_cluster_table(&body)
+        );
+    }
     Ok(())
 }
 
@@ -184,4 +374,83 @@ async fn shutdown_signal() -> &'static str {
 async fn shutdown_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
+}
+
+/// `runmesh init`: the node key and a config file with the given flags.
+fn init_node(args: cli::InitArgs) -> anyhow::Result<()> {
+    use runmesh_node::identity::NodeIdentity;
+    let layer = args.node.to_layer();
+    let Some(dir) = layer.data_dir.clone() else {
+        bail!("--data-dir is required");
+    };
+    let config_path = dir.join("runmesh.toml");
+    if config_path.exists() && !args.force {
+        bail!("{} exists (--force overwrites it)", config_path.display());
+    }
+    let (identity, created) =
+        NodeIdentity::load_or_create(&dir).context("creating the node key")?;
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut text = String::from("# runmesh node config (`runmesh run --config THIS_FILE`)\n");
+    let dir_text = dir.canonicalize().unwrap_or(dir.clone());
+    text += &format!("data_dir = {}\n", q(&dir_text.to_string_lossy()));
+    let addr = |k: &str, v: Option<std::net::SocketAddr>| {
+        v.map(|a| format!("{k} = {}\n", q(&a.to_string())))
+    };
+    text += &addr("http", layer.http).unwrap_or_default();
+    text += &addr("p2p", layer.p2p).unwrap_or_default();
+    text += &addr("raft", layer.raft).unwrap_or_default();
+    for (k, v) in [
+        ("advertise", &layer.advertise),
+        ("bootstrap", &layer.bootstrap),
+        ("region", &layer.region),
+    ] {
+        if let Some(v) = v {
+            text += &format!("{k} = {}\n", q(v));
+        }
+    }
+    if let Some(n) = layer.voters {
+        text += &format!("voters = {n}\n");
+    }
+    if let Some(n) = layer.slots {
+        text += &format!("slots = {n}\n");
+    }
+    let mut secret = layer.cluster_secret.as_ref().map(|s| s.0.clone());
+    if secret.is_none() && args.generate_secret {
+        let fresh = NodeIdentity::generate().context("generating a secret")?;
+        secret = Some(runmesh_proto::mesh::to_hex(&fresh.public_key_bytes()));
+    }
+    if let Some(s) = &secret {
+        text += &format!("cluster_secret = {}\n", q(s));
+    }
+    // Parse what we wrote, so a bad value fails here and not at `run`.
+    runmesh_node::config::ConfigFile::parse(&text).context("the generated config")?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        // It may hold the cluster secret.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&config_path)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    println!(
+        "{} node key {} (node id {}, public key {})",
+        if created { "created" } else { "kept" },
+        NodeIdentity::key_path(&dir).display(),
+        identity.raft_node_id(),
+        identity.public_key_hex()
+    );
+    println!("wrote {}", config_path.display());
+    if args.generate_secret && layer.cluster_secret.is_none() {
+        println!("generated a cluster secret (in the config file): give it to the nodes that join");
+    }
+    println!(
+        "start it with: runmesh run --config {}",
+        config_path.display()
+    );
+    Ok(())
 }

@@ -1,38 +1,51 @@
-//! The worker: claims queued jobs for the apps this node serves, runs each on its own task under a
-//! lease, and records what happened through the job log.
+//! The worker and the dispatcher.
 //!
-//! Decisions are pure functions of the job table ([`choose_claims`], [`job_signal`], [`tick_due`]);
-//! the async loops around them only carry events, timers and proposals, so a simulator can drive the
-//! same decisions on virtual time.
+//! - The **dispatcher** runs on every node and acts only on the Raft leader: it places queued jobs
+//!   on the best nodes of the cluster view ([`crate::mesh::scheduler`]) and records each placement
+//!   as `JobCommand::Assign { worker }` through Raft, several per proposal.
+//! - The **worker** runs the jobs assigned to this node (`Running { worker: me }`), each on its own
+//!   task under a lease it renews, and records logs and the outcome through the job log.
+//!
+//! A single node is its own leader and its own only worker, so it behaves as the foundation's
+//! self-assigning worker did. Decisions are pure functions of the job table ([`adoptable`],
+//! [`job_signal`], [`tick_due`], [`crate::mesh::scheduler::plan_round`]); the async loops around
+//! them only carry events, timers and proposals, so a simulator can drive the same decisions on
+//! virtual time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use runmesh_gateway_node::PartialHub;
 use runmesh_proto::{
-    AppId, Clock, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine,
-    NodeId, RequestId,
+    Clock, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine, NodeId,
+    RequestId,
 };
-use runmesh_raft::{JobLog, JobRecord, JobTable};
+use runmesh_raft::{JobLog, JobLogError, JobRecord, JobTable};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::apps::{AppError, AppRegistry, JobContext};
+use crate::mesh::capacity::{Mesh, WarmSet};
+use crate::mesh::scheduler;
 
-/// Queued jobs looked at per claim round, so a long queue of jobs for other apps costs a bounded scan.
+/// Queued jobs looked at per dispatch round, so a long queue of jobs nobody can run costs a
+/// bounded scan.
 pub const CLAIM_SCAN_MAX: usize = 10_000;
 /// Log lines buffered between an app and its worker task; beyond that lines are dropped and counted.
 pub const LOG_CHANNEL_CAPACITY: usize = 1024;
-/// Job-change events handled per wake-up before the worker looks at the queue again.
+/// Job-change events handled per wake-up before the worker looks at the table again.
 const EVENTS_PER_WAKE_MAX: usize = 1024;
+/// Jobs a worker runs at most beyond its slots (an assignment racing a slots change); past it,
+/// further assignments are left to lapse and be placed again.
+const OVERCOMMIT_MAX: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// Jobs run at once.
     pub slots: usize,
-    /// Lease granted per claim; renewed every third of it.
+    /// Lease granted per assignment; renewed every third of it.
     pub lease_ms: u64,
     /// Fallback wake-up when no job event arrives.
     pub poll_interval_ms: u64,
@@ -41,6 +54,8 @@ pub struct WorkerConfig {
     pub log_batch_max: usize,
     /// How long a cancelled app may take to return before its task is aborted.
     pub cancel_grace_ms: u64,
+    /// Assignments proposed per dispatch round (they share Raft entries).
+    pub assign_batch_max: usize,
 }
 
 impl Default for WorkerConfig {
@@ -52,27 +67,21 @@ impl Default for WorkerConfig {
             log_flush_interval_ms: 100,
             log_batch_max: 64,
             cancel_grace_ms: 2_000,
+            assign_batch_max: 256,
         }
     }
 }
 
-/// The next jobs to claim: queued jobs in run order (`queued_in_order`: priority, then arrival), for
-/// apps this node serves, not already held here, at most `free_slots` of them.
-pub fn choose_claims<'a>(
-    queued_in_order: impl Iterator<Item = &'a JobRecord>,
-    free_slots: usize,
-    serves: impl Fn(&AppId) -> bool,
-    held: impl Fn(&RequestId) -> bool,
-) -> Vec<&'a JobRecord> {
-    if free_slots == 0 {
-        return Vec::new();
+/// Whether the worker should start a job it sees in the table: running here under an attempt it
+/// does not hold yet, and not one it found running here when it started (a previous process's
+/// attempt: its lease lapses and the job is placed again, as after any crash).
+pub fn adoptable(state: &JobState, me: NodeId, held: bool, abandoned: bool) -> Option<u32> {
+    match state {
+        JobState::Running {
+            worker, attempt, ..
+        } if *worker == me && !held && !abandoned => Some(*attempt),
+        _ => None,
     }
-    queued_in_order
-        .take(CLAIM_SCAN_MAX)
-        .filter(|r| r.state == JobState::Queued)
-        .filter(|r| serves(r.spec.app()) && !held(&r.spec.request_id))
-        .take(free_slots)
-        .collect()
 }
 
 /// What a running job's task should do, judged from the table.
@@ -123,6 +132,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     cfg: WorkerConfig,
     node_id: NodeId,
+    warm: WarmSet,
 }
 
 pub struct Worker {
@@ -146,33 +156,53 @@ impl Worker {
                 clock,
                 cfg,
                 node_id,
+                warm: WarmSet::default(),
             },
         }
+    }
+
+    /// Records the apps this worker runs in `warm` (what the capacity advert calls warm).
+    pub fn with_warm_set(mut self, warm: WarmSet) -> Self {
+        self.shared.warm = warm;
+        self
     }
 
     /// Runs until `shutdown` turns true (or its sender goes away). Jobs still running then are
     /// abandoned: their leases expire and a `Tick` queues them again.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let shared = self.shared;
+        let me = shared.node_id;
         let mut events = shared.joblog.subscribe();
+        // Attempts a previous process of this node was running: not ours to resume.
+        let abandoned: HashSet<(RequestId, u32)> = shared.joblog.read(|t| {
+            t.running_on(me)
+                .filter_map(|r| match r.state {
+                    JobState::Running { attempt, .. } => Some((r.spec.request_id.clone(), attempt)),
+                    _ => None,
+                })
+                .collect()
+        });
+        if !abandoned.is_empty() {
+            info!(
+                jobs = abandoned.len(),
+                "jobs of a previous run are left to their leases"
+            );
+        }
         let mut held: HashMap<RequestId, Held> = HashMap::new();
         let mut tasks: JoinSet<RequestId> = JoinSet::new();
         let mut poll =
             tokio::time::interval(Duration::from_millis(shared.cfg.poll_interval_ms.max(1)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // After a failed proposal, wait for the next poll instead of retrying in a hot loop.
-        let mut claim_paused = false;
         info!(
             slots = shared.cfg.slots,
             lease_ms = shared.cfg.lease_ms,
             "worker started"
         );
+        // Start with a full look at the table: assignments may predate the subscription.
+        adopt_all(&shared, &mut held, &mut tasks, &abandoned);
         loop {
             if *shutdown.borrow() {
                 break;
-            }
-            if !claim_paused {
-                claim_paused = !claim(&shared, &mut held, &mut tasks).await;
             }
             tokio::select! {
                 changed = shutdown.changed() => {
@@ -197,7 +227,7 @@ impl Worker {
                         Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
-                    // Drain what is already there, so a burst costs one queue scan, not one per event.
+                    // Drain what is already there, so a burst costs one look, not one per event.
                     while changed.len() < EVENTS_PER_WAKE_MAX {
                         match events.try_recv() {
                             Ok(id) => changed.push(id),
@@ -207,17 +237,21 @@ impl Worker {
                     }
                     if lagged {
                         signal_all(&shared, &held);
+                        adopt_all(&shared, &mut held, &mut tasks, &abandoned);
                     } else {
                         let ours: Vec<&RequestId> =
                             changed.iter().filter(|id| held.contains_key(*id)).collect();
                         if !ours.is_empty() {
                             signal_some(&shared, &held, ours);
                         }
+                        let others: Vec<RequestId> =
+                            changed.into_iter().filter(|id| !held.contains_key(id)).collect();
+                        adopt_some(&shared, &mut held, &mut tasks, &abandoned, others);
                     }
                 }
                 _ = poll.tick() => {
-                    claim_paused = false;
                     signal_all(&shared, &held);
+                    adopt_all(&shared, &mut held, &mut tasks, &abandoned);
                 }
             }
         }
@@ -258,62 +292,204 @@ fn signal_some<'a>(
     }
 }
 
-/// One claim round. Returns false when a proposal failed (the caller backs off).
-async fn claim(
+/// Starts every job the table says runs here that the worker does not hold yet.
+fn adopt_all(
     shared: &Shared,
     held: &mut HashMap<RequestId, Held>,
     tasks: &mut JoinSet<RequestId>,
-) -> bool {
-    let free = shared.cfg.slots.saturating_sub(held.len());
-    if free == 0 {
-        return true;
-    }
-    let specs: Vec<JobSpec> = shared.joblog.read(|t| {
-        choose_claims(
-            t.queued_in_order(),
-            free,
-            |app| shared.registry.serves(app),
-            |id| held.contains_key(id),
-        )
-        .into_iter()
-        .map(|r| r.spec.clone())
-        .collect()
+    abandoned: &HashSet<(RequestId, u32)>,
+) {
+    let me = shared.node_id;
+    let found: Vec<(JobSpec, u32)> = shared.joblog.read(|t| {
+        t.running_on(me)
+            .filter_map(|r| adopt_one(r, me, held, abandoned))
+            .collect()
     });
-    if specs.is_empty() {
-        return true;
+    start_jobs(shared, held, tasks, found);
+}
+
+/// Starts the jobs among `ids` (changed just now) that were assigned to this node.
+fn adopt_some(
+    shared: &Shared,
+    held: &mut HashMap<RequestId, Held>,
+    tasks: &mut JoinSet<RequestId>,
+    abandoned: &HashSet<(RequestId, u32)>,
+    ids: Vec<RequestId>,
+) {
+    if ids.is_empty() {
+        return;
     }
-    let now_ms = shared.clock.now_ms();
-    // Proposed together so the log folds them into one entry.
-    let proposals = specs.iter().map(|spec| {
-        shared.joblog.propose(JobCommand::Assign {
-            request_id: spec.request_id.clone(),
-            worker: shared.node_id,
-            lease_ms: shared.cfg.lease_ms,
-            now_ms,
-        })
+    let me = shared.node_id;
+    let found: Vec<(JobSpec, u32)> = shared.joblog.read(|t| {
+        ids.iter()
+            .filter_map(|id| t.get(id))
+            .filter_map(|r| adopt_one(r, me, held, abandoned))
+            .collect()
     });
-    let results = futures::future::join_all(proposals).await;
-    let mut ok = true;
-    for (spec, result) in specs.into_iter().zip(results) {
-        match result {
-            Ok(CommandResult::Assigned { attempt }) => {
-                let (signal, signal_rx) = watch::channel(JobSignal::Run);
-                let id = spec.request_id.clone();
-                held.insert(id.clone(), Held { attempt, signal });
-                let span = tracing::info_span!("job", request_id = %id, app = %spec.model, attempt);
-                tasks.spawn(run_job(shared.clone(), spec, attempt, signal_rx).instrument(span));
+    start_jobs(shared, held, tasks, found);
+}
+
+fn adopt_one(
+    r: &JobRecord,
+    me: NodeId,
+    held: &HashMap<RequestId, Held>,
+    abandoned: &HashSet<(RequestId, u32)>,
+) -> Option<(JobSpec, u32)> {
+    let JobState::Running { attempt, .. } = r.state else {
+        return None;
+    };
+    let id = &r.spec.request_id;
+    let gone = abandoned.contains(&(id.clone(), attempt));
+    adoptable(&r.state, me, held.contains_key(id), gone).map(|a| (r.spec.clone(), a))
+}
+
+fn start_jobs(
+    shared: &Shared,
+    held: &mut HashMap<RequestId, Held>,
+    tasks: &mut JoinSet<RequestId>,
+    found: Vec<(JobSpec, u32)>,
+) {
+    let limit = shared.cfg.slots.saturating_add(OVERCOMMIT_MAX);
+    for (spec, attempt) in found {
+        // One batch of events can name a job several times: start it once.
+        if held.contains_key(&spec.request_id) {
+            continue;
+        }
+        if held.len() >= limit {
+            warn!(
+                request_id = %spec.request_id,
+                held = held.len(),
+                "more jobs assigned than this node can hold; leaving it to its lease"
+            );
+            continue;
+        }
+        if held.len() >= shared.cfg.slots {
+            debug!(request_id = %spec.request_id, "running a job beyond the slots");
+        }
+        let (signal, signal_rx) = watch::channel(JobSignal::Run);
+        let id = spec.request_id.clone();
+        held.insert(id.clone(), Held { attempt, signal });
+        let span = tracing::info_span!("job", request_id = %id, app = %spec.model, attempt);
+        tasks.spawn(run_job(shared.clone(), spec, attempt, signal_rx).instrument(span));
+    }
+}
+
+/// Places queued jobs on the cluster's nodes while this node leads.
+pub struct Dispatcher {
+    joblog: JobLog,
+    mesh: Mesh,
+    clock: Arc<dyn Clock>,
+    cfg: WorkerConfig,
+}
+
+impl Dispatcher {
+    pub fn new(joblog: JobLog, mesh: Mesh, clock: Arc<dyn Clock>, cfg: WorkerConfig) -> Self {
+        Self {
+            joblog,
+            mesh,
+            clock,
+            cfg,
+        }
+    }
+
+    /// Runs until `shutdown` turns true. Wakes on job changes, view changes and a poll interval;
+    /// does nothing while another node leads.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.joblog.subscribe();
+        let mut poll =
+            tokio::time::interval(Duration::from_millis(self.cfg.poll_interval_ms.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_leader = false;
+        // After a failed proposal, wait for the next poll instead of retrying in a hot loop.
+        let mut paused = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
             }
-            // Cancelled or taken meanwhile: nothing to do.
-            Ok(other) => {
-                debug!(request_id = %spec.request_id, result = ?other, "claim not granted")
+            let leader = self.joblog.leader() == Some(self.joblog.node_id());
+            if leader != was_leader {
+                info!(
+                    leader,
+                    "dispatcher {}",
+                    if leader { "active" } else { "standing by" }
+                );
+                was_leader = leader;
             }
-            Err(e) => {
-                warn!(request_id = %spec.request_id, error = %e, "claim failed");
-                ok = false;
+            if leader && !paused {
+                paused = !self.round().await;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                ev = events.recv() => {
+                    if matches!(ev, Err(broadcast::error::RecvError::Closed)) {
+                        break;
+                    }
+                    // One round covers every change so far.
+                    for _ in 0..EVENTS_PER_WAKE_MAX {
+                        if events.try_recv().is_err() {
+                            break;
+                        }
+                    }
+                }
+                _ = self.mesh.changed() => {}
+                _ = poll.tick() => paused = false,
             }
         }
     }
-    ok
+
+    /// One dispatch round. Returns false when a proposal failed (the caller backs off).
+    async fn round(&self) -> bool {
+        let adverts = self.mesh.up_adverts();
+        let members = runmesh_gateway_node::RaftMembership::read(&self.joblog);
+        let voters_and_learners: BTreeSet<NodeId> =
+            members.voters.union(&members.learners).copied().collect();
+        let plan: Vec<(RequestId, NodeId)> = self.joblog.read(|t| {
+            scheduler::plan_round(
+                t,
+                &adverts,
+                &voters_and_learners,
+                CLAIM_SCAN_MAX,
+                self.cfg.assign_batch_max,
+            )
+        });
+        if plan.is_empty() {
+            return true;
+        }
+        let now_ms = self.clock.now_ms();
+        // Proposed together so the log folds them into one entry.
+        let proposals = plan.iter().map(|(id, worker)| {
+            self.joblog.propose(JobCommand::Assign {
+                request_id: id.clone(),
+                worker: *worker,
+                lease_ms: self.cfg.lease_ms,
+                now_ms,
+            })
+        });
+        let results = futures::future::join_all(proposals).await;
+        let mut ok = true;
+        for ((id, worker), result) in plan.into_iter().zip(results) {
+            match result {
+                Ok(CommandResult::Assigned { attempt }) => {
+                    debug!(request_id = %id, worker, attempt, "assigned")
+                }
+                // Cancelled or taken meanwhile: nothing to do.
+                Ok(other) => debug!(request_id = %id, result = ?other, "assignment not applied"),
+                Err(JobLogError::ForwardToLeader { .. }) => {
+                    debug!(request_id = %id, "lost the leadership while assigning");
+                    ok = false;
+                }
+                Err(e) => {
+                    warn!(request_id = %id, error = %e, "assignment failed");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
 }
 
 /// Aborts the app's task when the job task goes away (worker shutdown), so no app outlives its job.
@@ -345,6 +521,7 @@ async fn run_job(
     let (log_tx, mut log_rx) = mpsc::channel::<LogLine>(LOG_CHANNEL_CAPACITY);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    shared.warm.touch(spec.app(), started_ms);
     let app = shared.registry.get(spec.app());
     let input = serde_json::from_str::<serde_json::Value>(&spec.input_json);
     let (app, input) = match (app, input) {
@@ -600,7 +777,7 @@ pub async fn run_ticker(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use runmesh_proto::{ModelId, Priority, SubmitMode, SystemClock};
+    use runmesh_proto::{AppId, ModelId, Priority, SubmitMode, SystemClock};
     use serde_json::json;
 
     fn spec(model: &str, priority: Priority) -> JobSpec {
@@ -625,14 +802,42 @@ mod tests {
         t.apply(JobCommand::Submit { spec: s.clone() }, &mut Vec::new());
     }
 
-    fn ids(recs: Vec<&JobRecord>) -> Vec<RequestId> {
-        recs.into_iter()
-            .map(|r| r.spec.request_id.clone())
-            .collect()
+    fn local_advert(
+        id: NodeId,
+        slots: u32,
+        apps: &[&str],
+    ) -> runmesh_proto::advert::CapacityAdvert {
+        runmesh_proto::advert::CapacityAdvert {
+            peer_id: String::new(),
+            raft_node_id: id,
+            region: None,
+            gpus: Vec::new(),
+            memory_total_mb: 0,
+            memory_free_mb: 0,
+            slots,
+            running: 0,
+            queued: 0,
+            apps: apps
+                .iter()
+                .map(|a| runmesh_proto::advert::ServedApp {
+                    app: ModelId::parse(a).unwrap().app,
+                    gpu_memory_mb: 0,
+                    warmup_ms: 0,
+                    warm: false,
+                })
+                .collect(),
+            api_addr: None,
+            raft_addr: None,
+            blob_addr: None,
+            p2p_addrs: Vec::new(),
+            timestamp_ms: 0,
+            incarnation: 0,
+            seq: 0,
+        }
     }
 
     #[test]
-    fn claims_follow_priority_then_arrival_for_served_apps() {
+    fn assignments_follow_priority_then_arrival_for_served_apps() {
         let mut t = JobTable::new();
         let low = spec("runmesh/echo", Priority::Low);
         let other = spec("someone/else", Priority::Normal);
@@ -641,26 +846,60 @@ mod tests {
         for s in [&low, &other, &a, &b] {
             submit(&mut t, s);
         }
-        let serves = |app: &AppId| app.owner == "runmesh";
-        let none_held = |_: &RequestId| false;
+        let all = BTreeSet::new();
+        let plan = |t: &JobTable, slots, max| {
+            let adverts = [local_advert(1, slots, &["runmesh/echo", "runmesh/sleep"])];
+            scheduler::plan_round(t, &adverts, &all, CLAIM_SCAN_MAX, max)
+                .into_iter()
+                .map(|(id, w)| {
+                    assert_eq!(w, 1);
+                    id
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            ids(choose_claims(t.queued_in_order(), 2, serves, none_held)),
+            plan(&t, 2, 10),
             [a.request_id.clone(), b.request_id.clone()]
         );
         assert_eq!(
-            ids(choose_claims(t.queued_in_order(), 10, serves, none_held)),
+            plan(&t, 10, 10),
             [
                 a.request_id.clone(),
                 b.request_id.clone(),
                 low.request_id.clone()
             ]
         );
-        assert!(choose_claims(t.queued_in_order(), 0, serves, none_held).is_empty());
-        let held = |id: &RequestId| *id == a.request_id;
-        assert_eq!(
-            ids(choose_claims(t.queued_in_order(), 1, serves, held)),
-            vec![b.request_id.clone()]
+        assert_eq!(plan(&t, 10, 1), std::slice::from_ref(&a.request_id));
+        // A node outside the Raft membership gets nothing.
+        let adverts = [local_advert(5, 4, &["runmesh/echo"])];
+        let members: BTreeSet<NodeId> = [1].into();
+        assert!(scheduler::plan_round(&t, &adverts, &members, CLAIM_SCAN_MAX, 10).is_empty());
+        // Slots already taken per the table count, whatever the advert says.
+        t.apply(
+            JobCommand::Assign {
+                request_id: a.request_id.clone(),
+                worker: 1,
+                lease_ms: 1_000,
+                now_ms: 2_000,
+            },
+            &mut Vec::new(),
         );
+        assert_eq!(plan(&t, 2, 10), std::slice::from_ref(&b.request_id));
+    }
+
+    #[test]
+    fn the_worker_adopts_new_attempts_assigned_to_it() {
+        let running = |worker, attempt| JobState::Running {
+            worker,
+            attempt,
+            started_at_ms: 0,
+            lease_until_ms: 1,
+        };
+        assert_eq!(adoptable(&running(1, 2), 1, false, false), Some(2));
+        assert_eq!(adoptable(&running(2, 2), 1, false, false), None);
+        assert_eq!(adoptable(&running(1, 2), 1, true, false), None);
+        assert_eq!(adoptable(&running(1, 2), 1, false, true), None);
+        assert_eq!(adoptable(&JobState::Queued, 1, false, false), None);
     }
 
     #[test]
@@ -709,6 +948,40 @@ mod tests {
         partials: PartialHub,
     }
 
+    /// The leader's half: a local-only cluster view and the dispatcher over it.
+    fn start_dispatcher(
+        joblog: &JobLog,
+        registry: &AppRegistry,
+        cfg: &WorkerConfig,
+        clock: &Arc<dyn Clock>,
+        stop_rx: watch::Receiver<bool>,
+    ) -> WarmSet {
+        let warm = WarmSet::default();
+        let local = crate::mesh::capacity::LocalNode {
+            peer_id: String::new(),
+            raft_node_id: joblog.node_id(),
+            region: None,
+            slots: cfg.slots as u32,
+            apps: crate::mesh::capacity::LocalNode::apps_from_registry(registry, None),
+            api_addr: None,
+            raft_addr: None,
+            blob_addr: None,
+            gpus_declared: true,
+            incarnation: clock.now_ms(),
+        };
+        let mesh = Mesh::new(
+            local,
+            crate::mesh::view::ViewConfig::default(),
+            clock.clone(),
+            Arc::new(Vec::new),
+            warm.clone(),
+        );
+        mesh.refresh_self(joblog);
+        let d = Dispatcher::new(joblog.clone(), mesh, clock.clone(), cfg.clone());
+        tokio::spawn(d.run(stop_rx));
+        warm
+    }
+
     async fn node(cfg: WorkerConfig, registry: AppRegistry) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -722,13 +995,15 @@ mod tests {
         assert!(joblog.wait_healthy(Duration::from_secs(10)).await);
         let partials = PartialHub::default();
         let (stop, stop_rx) = watch::channel(false);
+        let warm = start_dispatcher(&joblog, &registry, &cfg, &clock, stop_rx.clone());
         let worker = Worker::new(
             joblog.clone(),
             Arc::new(registry),
             partials.clone(),
             clock.clone(),
             cfg,
-        );
+        )
+        .with_warm_set(warm);
         tokio::spawn(worker.run(stop_rx.clone()));
         tokio::spawn(run_ticker(
             joblog.clone(),
@@ -841,11 +1116,7 @@ mod tests {
     struct Panics;
     impl crate::apps::App for Panics {
         fn manifest(&self) -> crate::apps::AppManifest {
-            crate::apps::AppManifest {
-                id: AppId::new("test", "panics").unwrap(),
-                description: String::new(),
-                streams: false,
-            }
+            crate::apps::AppManifest::new(AppId::new("test", "panics").unwrap(), "")
         }
         fn validate(
             &self,
@@ -956,6 +1227,13 @@ mod tests {
             CommandResult::Assigned { attempt: 1 }
         );
         let (stop, stop_rx) = watch::channel(false);
+        start_dispatcher(
+            &joblog,
+            &AppRegistry::with_builtins(),
+            &WorkerConfig::default(),
+            &clock,
+            stop_rx.clone(),
+        );
         let worker = Worker::new(
             joblog.clone(),
             Arc::new(AppRegistry::with_builtins()),

@@ -4,15 +4,27 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{KeyCommand, KeyResult};
+use crate::idempotency::{IdempotencyCommand, IdempotencyResult};
 use crate::job::{CommandResult, JobCommand};
+use crate::webhook::{WebhookCommand, WebhookResult};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     Job(JobCommand),
+    /// API keys and the cluster secret (proto/src/auth.rs).
+    Keys(KeyCommand),
+    /// Webhook delivery attempts (proto/src/webhook.rs).
+    Webhook(WebhookCommand),
+    /// `Idempotency-Key` claims (proto/src/idempotency.rs).
+    Idempotency(IdempotencyCommand),
 }
 
 /// What applying one [`Command`] did; the variant matches the command's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CommandOutput {
     Job(CommandResult),
+    Keys(KeyResult),
+    Webhook(WebhookResult),
+    Idempotency(IdempotencyResult),
 }

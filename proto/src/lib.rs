@@ -1,12 +1,17 @@
 //! runmesh's ground floor: identifiers, job specs and states, Raft commands, codecs and the clock seam.
 //! No I/O lives here; every other crate builds on these types.
 
+pub mod advert;
+pub mod auth;
 pub mod codec;
 pub mod command;
 pub mod fal;
+pub mod idempotency;
 pub mod ids;
 pub mod job;
+pub mod mesh;
 pub mod time;
+pub mod webhook;
 
 pub use command::{Command, CommandOutput};
 pub use ids::{AppId, ModelId, NodeId, RequestId};

@@ -16,7 +16,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use crate::jobs::JobTable;
 use crate::state::ClusterState;
 use crate::store::{LogStore, MachineState, StateMachine, Store};
-use crate::transport::{Network, RaftTransport, RpcKind};
+use crate::transport::{
+    ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind,
+};
 use crate::types::{Raft, TypeConfig};
 
 #[derive(Clone, Debug)]
@@ -34,6 +36,17 @@ pub struct JobLogConfig {
     pub snapshot_every_entries: u64,
     /// Form a one-member cluster when the store holds no membership yet.
     pub bootstrap_single: bool,
+    /// How long a write may wait for a leader to exist and take it (elections, forwarding retries)
+    /// before the caller gets [`JobLogError::Unavailable`].
+    pub write_timeout: Duration,
+    /// After a write forwarded to the leader returns, how long to wait for the local replica to
+    /// apply it, so that a read on this node right after sees it (read-your-writes).
+    pub apply_wait: Duration,
+    /// Leader heartbeat period; openraft also uses it as the AppendEntries timeout, so a mesh on
+    /// slow links or loaded machines needs more than a lone node.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_ms: (u64, u64),
 }
 
 impl JobLogConfig {
@@ -46,11 +59,24 @@ impl JobLogConfig {
             batches_in_flight_max: 4,
             snapshot_every_entries: 10_000,
             bootstrap_single: true,
+            write_timeout: Duration::from_secs(10),
+            apply_wait: Duration::from_secs(5),
+            heartbeat_ms: 100,
+            election_timeout_ms: (400, 800),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// One member of the Raft membership, as this node's replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    /// `BasicNode.addr`: the node's member record (see `runmesh_proto::mesh::MemberInfo`).
+    pub addr: String,
+    pub voter: bool,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum JobLogError {
     #[error("storage: {0}")]
     Storage(String),
@@ -91,6 +117,16 @@ struct Inner {
     stopped: AtomicBool,
 }
 
+/// What a batch needs to commit itself, locally or at the leader.
+#[derive(Clone)]
+struct Committer {
+    raft: Raft,
+    me: NodeId,
+    transport: Arc<dyn RaftTransport>,
+    write_timeout: Duration,
+    apply_wait: Duration,
+}
+
 impl JobLog {
     /// Opens (or creates) the log in `cfg.data_dir`, replays it, and with `bootstrap_single` forms a
     /// one-member cluster on first start.
@@ -109,9 +145,9 @@ impl JobLog {
         let state = sm.shared();
         let raft_config = Config {
             cluster_name: "runmesh".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms.0,
+            election_timeout_max: cfg.election_timeout_ms.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
@@ -121,7 +157,7 @@ impl JobLog {
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
-            Network::new(transport),
+            Network::new(transport.clone()),
             LogStore::new(store.clone()),
             sm,
         )
@@ -148,8 +184,15 @@ impl JobLog {
         }
 
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let committer = Committer {
+            raft: raft.clone(),
+            me: cfg.node_id,
+            transport,
+            write_timeout: cfg.write_timeout,
+            apply_wait: cfg.apply_wait,
+        };
         tokio::spawn(run_proposer(
-            raft.clone(),
+            committer,
             rx,
             cfg.batch_max.max(1),
             cfg.batches_in_flight_max.max(1),
@@ -310,7 +353,102 @@ impl JobLog {
                 let req = codec::decode(payload).map_err(decode_err)?;
                 encode(codec::encode(&raft.install_snapshot(req).await))
             }
+            RpcKind::Propose => {
+                let cmds: Vec<Command> = codec::decode(payload).map_err(decode_err)?;
+                if cmds.is_empty() || cmds.len() > FORWARDED_COMMANDS_MAX {
+                    return Err(JobLogError::Raft(format!(
+                        "bad rpc: {} forwarded commands (1..={FORWARDED_COMMANDS_MAX})",
+                        cmds.len()
+                    )));
+                }
+                let n = cmds.len();
+                // No second hop: a receiver that is not the leader says so and the sender re-resolves.
+                let result: ForwardResult = match raft.client_write(cmds).await {
+                    Ok(resp) if resp.data.len() == n => Ok(ForwardReply {
+                        log_index: resp.log_id.index,
+                        outputs: resp.data,
+                    }),
+                    Ok(resp) => Err(ForwardError::Failed(format!(
+                        "state machine returned {} results for {n} commands",
+                        resp.data.len()
+                    ))),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(ForwardError::NotLeader {
+                            leader: f.leader_id,
+                        })
+                    }
+                    Err(e) => Err(ForwardError::Failed(e.to_string())),
+                };
+                encode(codec::encode(&result))
+            }
         }
+    }
+
+    /// The members of the cluster (voters and learners) as the local replica knows them.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// True when this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.inner.node_id)
+    }
+
+    /// Adds a node as a learner without waiting for it to catch up (it may not be reachable yet).
+    /// Re-adding a member with a new record updates its record.
+    pub async fn add_learner_nowait(
+        &self,
+        node_id: NodeId,
+        raft_addr: String,
+    ) -> Result<(), JobLogError> {
+        self.inner
+            .raft
+            .add_learner(node_id, BasicNode { addr: raft_addr }, false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Replaces a member's record (`BasicNode.addr`), e.g. when it restarts on other addresses.
+    pub async fn update_member(
+        &self,
+        node_id: NodeId,
+        raft_addr: String,
+    ) -> Result<(), JobLogError> {
+        let nodes = BTreeMap::from([(node_id, BasicNode { addr: raft_addr })]);
+        self.inner
+            .raft
+            .change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// On the leader, the log index each member has matched (`None` on other nodes).
+    pub fn replication(&self) -> Option<BTreeMap<NodeId, Option<u64>>> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, log)| (*id, log.as_ref().map(|l| l.index)))
+                .collect()
+        })
+    }
+
+    /// Index of the last entry in the local log.
+    pub fn last_log_index(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().last_log_index
     }
 
     /// Takes a snapshot now (it also happens by itself every `snapshot_every_entries`).
@@ -345,10 +483,18 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Job
     }
 }
 
+/// Most commands one forwarded RPC may carry (a follower's batch is at most `batch_max`).
+const FORWARDED_COMMANDS_MAX: usize = 16_384;
+/// Back-off between write attempts while there is no leader or the leader cannot be reached.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Redirects followed without sleeping (a stale leader hint, then the fresh one).
+const REDIRECTS_FREE: u32 = 2;
+
 /// Folds queued proposals into Raft entries. A batch is cut when a write slot frees up, so under load
 /// batches grow by themselves and one fsync covers many commands.
 async fn run_proposer(
-    raft: Raft,
+    committer: Committer,
     mut rx: mpsc::Receiver<Proposal>,
     batch_max: usize,
     in_flight_max: usize,
@@ -368,14 +514,14 @@ async fn run_proposer(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let committer = committer.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (cmds, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            match raft.client_write(cmds).await {
-                Ok(resp) => {
-                    let mut results = resp.data.into_iter();
+            match committer.commit(cmds).await {
+                Ok(outputs) => {
+                    let mut results = outputs.into_iter();
                     for reply in replies {
                         let r = results.next().ok_or_else(|| {
                             JobLogError::Raft("state machine returned too few results".into())
@@ -384,23 +530,180 @@ async fn run_proposer(
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    let leader = match &e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            Some(f.leader_id)
-                        }
-                        _ => None,
-                    };
                     for reply in replies {
-                        let err = match leader {
-                            Some(leader) => JobLogError::ForwardToLeader { leader },
-                            None => JobLogError::Unavailable(msg.clone()),
-                        };
-                        let _ = reply.send(Err(err));
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
         });
+    }
+}
+
+/// How one attempt at committing a batch ended.
+enum Attempt {
+    Done(Vec<CommandOutput>),
+    /// Try again at this leader (id and, when known, its member record).
+    Redirect(NodeId, Option<BasicNode>),
+    /// Try again after a pause (no leader, leader unreachable).
+    Retry(String),
+    Fail(JobLogError),
+}
+
+impl Committer {
+    /// Commits a batch: locally when this node leads, else forwarded to the leader. Retries with a
+    /// bounded back-off while a leader is being elected, up to `write_timeout`. A retried batch may
+    /// have been committed by the first try (the answer was lost); the state machine makes that
+    /// harmless (a repeated submit is `Duplicate`, a repeated transition is rejected as stale).
+    async fn commit(&self, cmds: Vec<Command>) -> Result<Vec<CommandOutput>, JobLogError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut hint: Option<(NodeId, Option<BasicNode>)> = None;
+        let mut redirects = 0u32;
+        // A lone voter commits or fails for good: no clone, no retries (the foundation's path).
+        if self.sole_member() {
+            return match self.raft.client_write(cmds).await {
+                Ok(resp) => Ok(resp.data),
+                Err(e) => Err(batch_error(e)),
+            };
+        }
+        loop {
+            let target = match hint.take() {
+                Some(h) => Some(h),
+                None => {
+                    let metrics = self.raft.metrics();
+                    let m = metrics.borrow();
+                    m.current_leader
+                        .map(|l| (l, m.membership_config.membership().get_node(&l).cloned()))
+                }
+            };
+            let attempt = match target {
+                Some((leader, node)) if leader != self.me => {
+                    self.forward(leader, node, &cmds).await
+                }
+                _ => self.local(cmds.clone()).await,
+            };
+            let reason = match attempt {
+                Attempt::Done(outputs) => return Ok(outputs),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Redirect(leader, node) if redirects < REDIRECTS_FREE => {
+                    redirects += 1;
+                    hint = Some((leader, node));
+                    continue;
+                }
+                Attempt::Redirect(leader, _) => format!("redirected to node {leader} again"),
+                Attempt::Retry(reason) => reason,
+            };
+            let now = tokio::time::Instant::now();
+            if now + backoff > deadline {
+                return Err(JobLogError::Unavailable(format!(
+                    "no leader took the write within {:?}: {reason}",
+                    self.write_timeout
+                )));
+            }
+            tracing::debug!(%reason, ?backoff, "write not committed yet; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            redirects = 0;
+        }
+    }
+
+    fn sole_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let mut nodes = membership.nodes();
+        matches!((nodes.next(), nodes.next()), (Some((id, _)), None) if *id == self.me)
+    }
+
+    async fn local(&self, cmds: Vec<Command>) -> Attempt {
+        match self.raft.client_write(cmds).await {
+            Ok(resp) => Attempt::Done(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
+                Some(l) if l != self.me => Attempt::Redirect(l, f.leader_node),
+                _ => Attempt::Retry("no leader".into()),
+            },
+            Err(RaftError::APIError(e)) => Attempt::Fail(JobLogError::Raft(e.to_string())),
+            Err(RaftError::Fatal(f)) => Attempt::Fail(JobLogError::Unavailable(f.to_string())),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, node: Option<BasicNode>, cmds: &[Command]) -> Attempt {
+        let Some(node) = node else {
+            return Attempt::Retry(format!(
+                "leader {leader} is not in the local membership yet"
+            ));
+        };
+        let payload = match codec::encode(&cmds) {
+            Ok(p) => p,
+            Err(e) => return Attempt::Fail(JobLogError::Raft(format!("encode forward: {e}"))),
+        };
+        // A leader that dies with our write in flight never answers; stop waiting as soon as this
+        // node sees leadership move (an election starts), and retry at the new leader.
+        let mut metrics = self.raft.metrics();
+        let leader_moved = async move {
+            loop {
+                if metrics.borrow_and_update().current_leader != Some(leader) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let call = self
+            .transport
+            .call(leader, &node.addr, RpcKind::Propose, payload);
+        let reply = tokio::select! {
+            r = call => match r {
+                Ok(r) => r,
+                Err(e) => return Attempt::Retry(format!("forward to leader {leader}: {e}")),
+            },
+            () = leader_moved => {
+                return Attempt::Retry(format!("leader {leader} lost leadership mid-forward"));
+            }
+        };
+        match codec::decode::<ForwardResult>(&reply) {
+            Ok(Ok(reply)) if reply.outputs.len() == cmds.len() => {
+                // Read-your-writes: the client that wrote through this node reads this node next.
+                if let Err(e) = self
+                    .raft
+                    .wait(Some(self.apply_wait))
+                    .applied_index_at_least(Some(reply.log_index), "forwarded write")
+                    .await
+                {
+                    tracing::debug!(error = %e, index = reply.log_index, "local replica lags");
+                }
+                Attempt::Done(reply.outputs)
+            }
+            Ok(Ok(reply)) => Attempt::Fail(JobLogError::Raft(format!(
+                "leader returned {} results for {} commands",
+                reply.outputs.len(),
+                cmds.len()
+            ))),
+            Ok(Err(ForwardError::NotLeader { leader: Some(l) })) if l != leader && l != self.me => {
+                let node = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .cloned();
+                Attempt::Redirect(l, node)
+            }
+            Ok(Err(e)) => Attempt::Retry(format!("leader {leader}: {e}")),
+            Err(e) => Attempt::Fail(JobLogError::Raft(format!("bad forward reply: {e}"))),
+        }
+    }
+}
+
+fn batch_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> JobLogError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => JobLogError::ForwardToLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(other) => JobLogError::Unavailable(other.to_string()),
+        RaftError::Fatal(f) => JobLogError::Unavailable(f.to_string()),
     }
 }
 

@@ -33,6 +33,10 @@ pub struct JobRecord {
     pub attempts: u32,
     pub started_at_ms: Option<u64>,
     pub inference_time_ms: Option<u64>,
+    /// The worker of the latest attempt (kept after the job ends: `x-runmesh-worker`). Added in the
+    /// mesh issue; the serde default covers self-describing encodings, not bincode snapshots.
+    #[serde(default)]
+    pub last_worker: Option<NodeId>,
 }
 
 impl JobRecord {
@@ -221,6 +225,7 @@ impl JobTable {
             attempts: 0,
             started_at_ms: None,
             inference_time_ms: None,
+            last_worker: None,
         };
         self.next_seq += 1;
         self.index_queued(&rec);
@@ -255,6 +260,7 @@ impl JobTable {
         self.leases.insert((lease_until_ms, id.clone()));
         if let Some(rec) = self.jobs.get_mut(&id) {
             rec.attempts = attempt;
+            rec.last_worker = Some(worker);
             rec.started_at_ms.get_or_insert(now_ms);
             rec.state = JobState::Running {
                 worker,

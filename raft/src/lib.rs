@@ -5,12 +5,17 @@
 //! Network and time sit behind seams: Raft RPC goes through [`transport::RaftTransport`], command
 //! timestamps come from a [`runmesh_proto::Clock`].
 
+pub mod idempotency;
 pub mod joblog;
 pub mod jobs;
+pub mod keys;
+pub mod memstore;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod transport;
 pub mod types;
+pub mod webhooks;
 
 pub use joblog::{JobLog, JobLogConfig, JobLogError};
 pub use jobs::{JobRecord, JobTable};

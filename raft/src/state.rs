@@ -3,16 +3,31 @@
 use runmesh_proto::{codec, Command, CommandOutput, ProtoError, RequestId};
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::IdempotencyTable;
 use crate::jobs::JobTable;
+use crate::keys::KeyTable;
+use crate::webhooks::WebhookTable;
 
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     pub jobs: JobTable,
+    pub keys: KeyTable,
+    pub webhooks: WebhookTable,
+    pub idempotency: IdempotencyTable,
 }
 
 /// Snapshot layout: each table encodes itself.
 #[derive(Serialize, Deserialize)]
 struct StateSnapshot {
+    jobs: Vec<u8>,
+    keys: Vec<u8>,
+    webhooks: Vec<u8>,
+    idempotency: Vec<u8>,
+}
+
+/// The layout before keys/webhooks/idempotency, still read so an old data dir opens.
+#[derive(Serialize, Deserialize)]
+struct StateSnapshotV1 {
     jobs: Vec<u8>,
 }
 
@@ -20,20 +35,65 @@ impl ClusterState {
     /// Applies one command. `touched` collects job ids whose state changed, for watchers.
     pub fn apply(&mut self, cmd: Command, touched: &mut Vec<RequestId>) -> CommandOutput {
         match cmd {
-            Command::Job(cmd) => CommandOutput::Job(self.jobs.apply(cmd, touched)),
+            Command::Job(cmd) => {
+                let first_touched = touched.len();
+                let out = CommandOutput::Job(self.jobs.apply(cmd, touched));
+                self.owe_webhooks(&touched[first_touched..]);
+                out
+            }
+            Command::Keys(cmd) => CommandOutput::Keys(self.keys.apply(cmd)),
+            Command::Webhook(cmd) => CommandOutput::Webhook(self.webhooks.apply(cmd)),
+            Command::Idempotency(cmd) => CommandOutput::Idempotency(self.idempotency.apply(cmd)),
+        }
+    }
+
+    /// A job that just reached a terminal state with a `fal_webhook` URL owes a delivery; created
+    /// in the same apply, so no crash can separate the two.
+    fn owe_webhooks(&mut self, ids: &[RequestId]) {
+        for id in ids {
+            let Some(rec) = self.jobs.get(id) else {
+                continue;
+            };
+            let ended_at_ms = match &rec.state {
+                runmesh_proto::JobState::Completed {
+                    completed_at_ms, ..
+                } => *completed_at_ms,
+                runmesh_proto::JobState::Cancelled { cancelled_at_ms } => *cancelled_at_ms,
+                _ => continue,
+            };
+            if let Some(url) = &rec.spec.webhook_url {
+                self.webhooks.enqueue(id.clone(), url.clone(), ended_at_ms);
+            }
         }
     }
 
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, ProtoError> {
         codec::encode(&StateSnapshot {
             jobs: self.jobs.to_snapshot_bytes()?,
+            keys: self.keys.to_snapshot_bytes()?,
+            webhooks: self.webhooks.to_snapshot_bytes()?,
+            idempotency: self.idempotency.to_snapshot_bytes()?,
         })
     }
 
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
-        let snap: StateSnapshot = codec::decode(bytes)?;
+        let snap: StateSnapshot = match codec::decode(bytes) {
+            Ok(s) => s,
+            Err(e) => match codec::decode::<StateSnapshotV1>(bytes) {
+                Ok(v1) => {
+                    return Ok(Self {
+                        jobs: JobTable::from_snapshot_bytes(&v1.jobs)?,
+                        ..Self::default()
+                    })
+                }
+                Err(_) => return Err(e),
+            },
+        };
         Ok(Self {
             jobs: JobTable::from_snapshot_bytes(&snap.jobs)?,
+            keys: KeyTable::from_snapshot_bytes(&snap.keys)?,
+            webhooks: WebhookTable::from_snapshot_bytes(&snap.webhooks)?,
+            idempotency: IdempotencyTable::from_snapshot_bytes(&snap.idempotency)?,
         })
     }
 }

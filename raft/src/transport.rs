@@ -26,6 +26,28 @@ pub enum RpcKind {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// A follower forwarding client writes to the leader: the payload is a `Vec<Command>`, the
+    /// reply a [`ForwardResult`].
+    Propose,
+}
+
+/// What the leader answers to a forwarded [`RpcKind::Propose`].
+pub type ForwardResult = Result<ForwardReply, ForwardError>;
+
+/// The forwarded commands were committed at `log_index`; one output per command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    pub log_index: u64,
+    pub outputs: Vec<runmesh_proto::CommandOutput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader (any more); retry at `leader`.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Debug, thiserror::Error)]

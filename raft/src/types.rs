@@ -13,6 +13,8 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
+        // tokio, with election-timeout randomness the simulator can seed (raft/src/runtime.rs).
+        AsyncRuntime = crate::runtime::SeededTokio,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

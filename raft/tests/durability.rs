@@ -29,9 +29,19 @@ fn spec(n: u64) -> JobSpec {
 }
 
 async fn open(cfg: JobLogConfig) -> JobLog {
-    let log = JobLog::open(cfg, Arc::new(SystemClock), Arc::new(NoNetwork))
-        .await
-        .expect("open job log");
+    // After an abrupt runtime drop, sled's file lock is released only once the dropped tasks' last
+    // handles go (a real restarted process has no such wait): retry briefly while it is busy.
+    let mut tries = 0;
+    let log = loop {
+        match JobLog::open(cfg.clone(), Arc::new(SystemClock), Arc::new(NoNetwork)).await {
+            Ok(log) => break log,
+            Err(e) if tries < 100 && e.to_string().contains("lock") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("open job log: {e}"),
+        }
+    };
     assert!(log.wait_healthy(Duration::from_secs(10)).await, "no leader");
     log
 }

@@ -23,6 +23,8 @@ pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the node prints on stdout once it accepts work.
 pub const LISTENING_PREFIX: &str = "runmesh listening on http://";
+/// The same line of a node serving HTTPS (`--tls`).
+pub const LISTENING_PREFIX_TLS: &str = "runmesh listening on https://";
 /// Start attempts on fresh ports when a child exits before listening (a port taken in between).
 const START_ATTEMPTS_MAX: u32 = 4;
 /// Lines of child stdout kept for failure messages.
@@ -218,6 +220,11 @@ impl Node {
         tail_of_file(&self.stderr_path(self.generation))
     }
 
+    /// The whole stderr of the current child (for log assertions).
+    pub fn stderr_all(&self) -> String {
+        std::fs::read_to_string(self.stderr_path(self.generation)).unwrap_or_default()
+    }
+
     fn stderr_path(&self, generation: u32) -> PathBuf {
         self.dir
             .path()
@@ -234,7 +241,12 @@ impl Node {
             match self.spawn_once(port) {
                 Ok(addr) => {
                     self.addr = addr;
-                    self.base = format!("http://{addr}");
+                    let tls = self
+                        .opts
+                        .extra_args
+                        .iter()
+                        .any(|a| a == "--tls" || a == "--tls-cert");
+                    self.base = format!("{}://{addr}", if tls { "https" } else { "http" });
                     return;
                 }
                 Err(e) => errors.push(format!("attempt {attempt} (port {port}): {e}")),
@@ -302,6 +314,10 @@ impl Node {
                     if let Some(rest) = line
                         .find(LISTENING_PREFIX)
                         .map(|i| &line[i + LISTENING_PREFIX.len()..])
+                        .or_else(|| {
+                            line.find(LISTENING_PREFIX_TLS)
+                                .map(|i| &line[i + LISTENING_PREFIX_TLS.len()..])
+                        })
                     {
                         reported = true;
                         let _ = tx.send(rest.trim().trim_end_matches('/').to_string());
@@ -1013,6 +1029,227 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
         b = b.get(size + 2..).unwrap_or(&[]);
     }
     Err("too many chunks".to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-node clusters (mesh)
+// ---------------------------------------------------------------------------------------------
+
+/// Cluster secret of test clusters.
+pub const TEST_CLUSTER_SECRET: &str = "runmesh-test-secret";
+/// Ports a mesh node uses from its `--p2p` port up (p2p, Raft, blobs).
+pub const MESH_PORTS_PER_NODE: u16 = 3;
+/// How long a cluster may take to settle its membership in tests.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `--p2p` port such that it and the ports just above it (Raft, blobs) were free on 127.0.0.1
+/// for both TCP and UDP a moment ago.
+pub fn free_mesh_port() -> u16 {
+    for _ in 0..100 {
+        let base = free_port();
+        if base > u16::MAX - MESH_PORTS_PER_NODE {
+            continue;
+        }
+        let all_free = (0..MESH_PORTS_PER_NODE).all(|i| {
+            let p = base + i;
+            TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no block of {MESH_PORTS_PER_NODE} free ports found");
+}
+
+/// `opts` plus the flags that place a node in a mesh: its p2p port (Raft on the port above), the
+/// member to join through, and the cluster secret.
+pub fn mesh_opts(
+    opts: NodeOpts,
+    p2p_port: u16,
+    bootstrap_p2p: Option<u16>,
+    secret: &str,
+) -> NodeOpts {
+    let mut o = opts;
+    o.extra_args.push("--p2p".into());
+    o.extra_args.push(format!("127.0.0.1:{p2p_port}"));
+    if let Some(b) = bootstrap_p2p {
+        o.extra_args.push("--bootstrap".into());
+        o.extra_args.push(format!("127.0.0.1:{b}"));
+    }
+    o.extra_args.push("--cluster-secret".into());
+    o.extra_args.push(secret.to_string());
+    o
+}
+
+/// Raft roles as one node's `GET /admin/cluster` reports them (ids as decimal text).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub node_id: String,
+    pub leader: Option<String>,
+    pub voters: std::collections::BTreeSet<String>,
+    pub learners: std::collections::BTreeSet<String>,
+}
+
+impl Membership {
+    /// Reads a `/admin/cluster` body.
+    pub fn from_view(view: &Value) -> Membership {
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let mut m = Membership {
+            node_id: text(&view["node_id"]).unwrap_or_default(),
+            leader: text(&view["leader"]),
+            ..Membership::default()
+        };
+        for member in view["members"].as_array().into_iter().flatten() {
+            let Some(id) = text(&member["id"]) else {
+                continue;
+            };
+            match member["role"].as_str() {
+                Some("voter") => {
+                    m.voters.insert(id);
+                }
+                Some("learner") => {
+                    m.learners.insert(id);
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+/// Nodes started as one mesh: node 0 founds the cluster, the others join through a running member.
+/// Every node runs `runmesh dev` with `--p2p`/`--bootstrap`/`--cluster-secret` (dev: no API keys).
+/// Killed on drop.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// `--p2p` port of each node (its Raft listener is the port above).
+    pub p2p_ports: Vec<u16>,
+    pub secret: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with the same options, one after the other.
+    pub fn start(n: usize, opts: NodeOpts) -> Cluster {
+        Self::start_with(n, |_| opts.clone())
+    }
+
+    /// Starts `n` nodes; `opts_of(i)` gives node i's options (e.g. its declared GPUs).
+    pub fn start_with(n: usize, opts_of: impl Fn(usize) -> NodeOpts) -> Cluster {
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            p2p_ports: Vec::new(),
+            secret: TEST_CLUSTER_SECRET.to_string(),
+        };
+        for i in 0..n {
+            c.add_node(opts_of(i));
+        }
+        c
+    }
+
+    /// Starts one more node: the first one founds the cluster, later ones join through the first
+    /// running node. Returns its index.
+    pub fn add_node(&mut self, opts: NodeOpts) -> usize {
+        let bootstrap = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].is_running())
+            .map(|i| self.p2p_ports[i]);
+        let port = free_mesh_port();
+        let node = Node::start(mesh_opts(opts, port, bootstrap, &self.secret));
+        self.nodes.push(node);
+        self.p2p_ports.push(port);
+        self.nodes.len() - 1
+    }
+
+    pub fn api(&self, i: usize) -> Api {
+        self.nodes[i].api()
+    }
+
+    /// Indexes of the nodes whose process runs.
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// Node i's `GET /admin/cluster`, when it answers 200.
+    pub async fn view(&self, i: usize) -> Option<Value> {
+        let api = self.api(i);
+        let r = api
+            .try_send(Method::GET, "/admin/cluster", &[], None)
+            .await
+            .ok()?;
+        (r.status == 200).then(|| r.json())
+    }
+
+    /// Waits until every running node reports the same leader and the same voters and learners,
+    /// `voters` and `learners` of them. Panics with the last views after `timeout`.
+    pub async fn wait_membership(
+        &mut self,
+        voters: usize,
+        learners: usize,
+        timeout: Duration,
+    ) -> Membership {
+        let deadline = Instant::now() + timeout;
+        let mut last: Vec<Option<Membership>> = Vec::new();
+        loop {
+            let running = self.running();
+            last.clear();
+            for &i in &running {
+                last.push(self.view(i).await.map(|v| Membership::from_view(&v)));
+            }
+            let first = last.first().cloned().flatten();
+            if let Some(first) = first {
+                let agree = last.iter().all(|m| {
+                    m.as_ref().is_some_and(|m| {
+                        m.leader.is_some()
+                            && m.leader == first.leader
+                            && m.voters == first.voters
+                            && m.learners == first.learners
+                    })
+                });
+                if agree && first.voters.len() == voters && first.learners.len() == learners {
+                    return first;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not reach {voters} voters + {learners} learners within {timeout:?}: {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The index of the node that running nodes agree leads (bounded wait).
+    pub async fn leader_index(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.running();
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for &i in &running {
+                if let Some(m) = self.view(i).await.map(|v| Membership::from_view(&v)) {
+                    ids.push((i, m.node_id.clone()));
+                    leaders.push(m.leader.clone());
+                }
+            }
+            if let Some(Some(leader)) = leaders.first() {
+                if leaders.iter().all(|l| l.as_ref() == Some(leader)) {
+                    if let Some((i, _)) = ids.iter().find(|(_, id)| id == leader) {
+                        return *i;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,11 +37,7 @@ fn id(alias: &str) -> AppId {
 }
 
 fn manifest(alias: &str, description: &str, streams: bool) -> AppManifest {
-    AppManifest {
-        id: id(alias),
-        description: description.to_string(),
-        streams,
-    }
+    AppManifest::new(id(alias), description).streaming(streams)
 }
 
 fn errors_or_ok(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {

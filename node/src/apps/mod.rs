@@ -5,6 +5,13 @@
 //! jobs (claiming, leases, recording outcomes); an app only turns one input into one output.
 
 pub mod builtin;
+pub mod cli;
+#[cfg(feature = "models")]
+pub mod minilm;
+pub mod models;
+pub mod pool;
+pub mod schema;
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,13 +28,91 @@ use tokio::sync::{mpsc, watch};
 /// Longest log message kept; longer ones are cut, so one line cannot bloat a Raft entry.
 pub const LOG_MESSAGE_MAX_BYTES: usize = 16 * 1024;
 
-/// What an app says about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an app says about itself: what it serves, what it accepts, what it costs to run.
+///
+/// The scheduler and the capacity advert read the cost fields; the gateway's 422 validation reads
+/// `input_schema`. Build one with [`AppManifest::new`] and the `with_*` methods, so new fields can be
+/// added without touching every app.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppManifest {
     pub id: AppId,
     pub description: String,
     /// The app emits partial outputs (meaningful for `/stream`).
     pub streams: bool,
+    /// Names of the model weights the app serves (e.g. `all-MiniLM-L6-v2`); empty for apps without.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// JSON Schema (the subset in [`schema`]) of the input object; checked before the app's own
+    /// `validate`, so a bad input gets a 422 at submit time.
+    #[serde(default)]
+    pub input_schema: Option<Value>,
+    /// JSON Schema of the output object (documentation for clients; not enforced).
+    #[serde(default)]
+    pub output_schema: Option<Value>,
+    /// GPU memory one loaded instance needs, in MB (0: runs on CPU).
+    #[serde(default)]
+    pub gpu_memory_mb: u64,
+    /// Host memory one loaded instance holds, in MB (what the warm pool budgets).
+    #[serde(default)]
+    pub memory_mb: u64,
+    /// MIME types of the files the app may produce (e.g. `audio/wav`); empty when it produces none.
+    #[serde(default)]
+    pub artifact_types: Vec<String>,
+    /// What loading the app costs before its first job, in ms (weights read, kernels warmed).
+    #[serde(default)]
+    pub warmup_ms: u64,
+}
+
+impl AppManifest {
+    pub fn new(id: AppId, description: impl Into<String>) -> Self {
+        Self {
+            id,
+            description: description.into(),
+            streams: false,
+            models: Vec::new(),
+            input_schema: None,
+            output_schema: None,
+            gpu_memory_mb: 0,
+            memory_mb: 0,
+            artifact_types: Vec::new(),
+            warmup_ms: 0,
+        }
+    }
+
+    pub fn streaming(mut self, streams: bool) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    pub fn with_models(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.models = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn with_input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(schema);
+        self
+    }
+
+    pub fn with_output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    pub fn with_cost(mut self, memory_mb: u64, gpu_memory_mb: u64, warmup_ms: u64) -> Self {
+        self.memory_mb = memory_mb;
+        self.gpu_memory_mb = gpu_memory_mb;
+        self.warmup_ms = warmup_ms;
+        self
+    }
+
+    pub fn with_artifact_types(
+        mut self,
+        types: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.artifact_types = types.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 /// The future an app's run returns. Boxed and `'static` so the worker can spawn it on its own task,
@@ -45,6 +130,18 @@ pub trait App: Send + Sync + 'static {
     /// Runs one job. The output must be a JSON object. Long waits should also watch
     /// [`JobContext::cancelled`], so a cancelled job stops promptly.
     fn run(&self, ctx: JobContext, input: Value) -> AppFuture;
+
+    /// Whether a job could start now without waiting (per-model concurrency limits). The worker may
+    /// skip claiming jobs of an app that says no, leaving them to other nodes or a later round.
+    fn has_capacity(&self) -> bool {
+        true
+    }
+
+    /// Whether a job would start without loading anything first (model weights in the warm pool).
+    /// Apps without weights are always warm.
+    fn is_warm(&self) -> bool {
+        true
+    }
 }
 
 /// Why a run failed, as the client will see it.
@@ -165,6 +262,11 @@ impl JobContext {
         self.log(LogLevel::Info, message);
     }
 
+    /// Reports progress as a log line (`progress 3/10`), which status polls with `?logs=1` show.
+    pub fn progress(&self, done: u64, total: u64) {
+        self.log(LogLevel::Info, format!("progress {done}/{total}"));
+    }
+
     /// Log lines lost because the worker's buffer was full.
     pub fn logs_dropped(&self) -> u64 {
         self.logs_dropped.load(Ordering::Relaxed)
@@ -201,10 +303,19 @@ pub enum RegistryError {
     Duplicate(AppId),
 }
 
-/// The apps this node serves.
+/// One registered app with its manifest, read once at registration (manifests carry schemas).
+#[derive(Clone)]
+struct Entry {
+    app: Arc<dyn App>,
+    manifest: AppManifest,
+}
+
+/// The apps this node serves, and the ones it knows of but cannot serve (with why).
 #[derive(Clone, Default)]
 pub struct AppRegistry {
-    apps: BTreeMap<AppId, Arc<dyn App>>,
+    apps: BTreeMap<AppId, Entry>,
+    unavailable: BTreeMap<AppId, String>,
+    pool: Option<Arc<pool::WarmPool>>,
 }
 
 impl AppRegistry {
@@ -223,24 +334,75 @@ impl AppRegistry {
     }
 
     pub fn register(&mut self, app: Arc<dyn App>) -> Result<(), RegistryError> {
-        let id = app.manifest().id;
+        let manifest = app.manifest();
+        let id = manifest.id.clone();
         if self.apps.contains_key(&id) {
             return Err(RegistryError::Duplicate(id));
         }
-        self.apps.insert(id, app);
+        self.unavailable.remove(&id);
+        self.apps.insert(id, Entry { app, manifest });
         Ok(())
     }
 
+    /// Records an app this node knows but does not serve (weights missing, runner down), and why.
+    /// It is not advertised; [`AppRegistry::unavailable`] lists it for operators.
+    pub fn mark_unavailable(&mut self, app: AppId, reason: impl Into<String>) {
+        if !self.apps.contains_key(&app) {
+            self.unavailable.insert(app, reason.into());
+        }
+    }
+
+    /// Apps known but not served here, with the reason (for logs and `/admin/cluster`).
+    pub fn unavailable(&self) -> Vec<(AppId, String)> {
+        self.unavailable
+            .iter()
+            .map(|(id, why)| (id.clone(), why.clone()))
+            .collect()
+    }
+
     pub fn get(&self, app: &AppId) -> Option<Arc<dyn App>> {
-        self.apps.get(app).cloned()
+        self.apps.get(app).map(|e| e.app.clone())
     }
 
     pub fn serves(&self, app: &AppId) -> bool {
         self.apps.contains_key(app)
     }
 
+    /// The warm pool the model apps share (for [`AppRegistry::warm_models`]).
+    pub fn set_pool(&mut self, pool: Arc<pool::WarmPool>) {
+        self.pool = Some(pool);
+    }
+
+    /// Models loaded now, most recently used first (for the capacity advert: warm nodes are
+    /// preferred for their models).
+    pub fn warm_models(&self) -> Vec<String> {
+        self.pool
+            .as_ref()
+            .map(|p| p.warm_models())
+            .unwrap_or_default()
+    }
+
+    /// Apps served here whose next job starts without a load (for the capacity advert; the scheduler
+    /// prefers warm nodes).
+    pub fn warm_apps(&self) -> Vec<AppId> {
+        self.apps
+            .iter()
+            .filter(|(_, e)| e.app.is_warm())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether `app` is served here and could start a job now (see [`App::has_capacity`]).
+    pub fn has_capacity(&self, app: &AppId) -> bool {
+        self.apps.get(app).is_some_and(|e| e.app.has_capacity())
+    }
+
+    pub fn manifest(&self, app: &AppId) -> Option<&AppManifest> {
+        self.apps.get(app).map(|e| &e.manifest)
+    }
+
     pub fn manifests(&self) -> Vec<AppManifest> {
-        self.apps.values().map(|a| a.manifest()).collect()
+        self.apps.values().map(|e| e.manifest.clone()).collect()
     }
 }
 
@@ -250,7 +412,7 @@ impl AppCatalog for AppRegistry {
     }
 
     fn validate(&self, model: &ModelId, input: &Value) -> Result<(), Vec<FieldError>> {
-        let Some(app) = self.apps.get(&model.app) else {
+        let Some(entry) = self.apps.get(&model.app) else {
             return Err(vec![FieldError::body(
                 "",
                 format!("unknown app {}", model.app),
@@ -264,7 +426,13 @@ impl AppCatalog for AppRegistry {
                 "dict_type",
             )]);
         }
-        app.validate(model.subpath.as_deref(), input)
+        if let Some(schema) = &entry.manifest.input_schema {
+            let errors = schema::validate(schema, input);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+        entry.app.validate(model.subpath.as_deref(), input)
     }
 
     fn apps(&self) -> Vec<AppId> {
@@ -428,6 +596,74 @@ mod tests {
         assert_eq!(err[0].loc, vec!["body"]);
         assert!(reg.validate(&model("runmesh/echo"), &json!({})).is_ok());
         assert!(reg.validate(&model("runmesh/unknown"), &json!({})).is_err());
+    }
+
+    struct Schemed;
+    impl App for Schemed {
+        fn manifest(&self) -> AppManifest {
+            AppManifest::new(AppId::new("test", "schemed").unwrap(), "x")
+                .with_input_schema(json!({"type": "object", "required": ["q"],
+                    "properties": {"q": {"type": "string"}}}))
+                .with_cost(10, 2048, 50)
+        }
+        fn validate(&self, _: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+            // Runs only after the schema passed.
+            assert!(input["q"].is_string());
+            if input["q"] == "bad" {
+                return Err(vec![FieldError::body("q", "custom", "value_error")]);
+            }
+            Ok(())
+        }
+        fn run(&self, _: JobContext, input: Value) -> AppFuture {
+            Box::pin(async move { Ok(input) })
+        }
+        fn is_warm(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn registry_checks_the_manifest_schema_before_the_app() {
+        let mut reg = AppRegistry::with_builtins();
+        reg.register(Arc::new(Schemed)).unwrap();
+        let m = model("test/schemed/sub");
+        assert_eq!(reg.validate(&m, &json!({})).unwrap_err()[0].kind, "missing");
+        assert_eq!(
+            reg.validate(&m, &json!({"q": 1})).unwrap_err()[0].kind,
+            "string_type"
+        );
+        assert_eq!(
+            reg.validate(&m, &json!({"q": "bad"})).unwrap_err()[0].kind,
+            "value_error"
+        );
+        assert!(reg.validate(&m, &json!({"q": "ok"})).is_ok());
+        let man = reg.manifest(&m.app).unwrap();
+        assert_eq!(
+            (man.memory_mb, man.gpu_memory_mb, man.warmup_ms),
+            (10, 2048, 50)
+        );
+        // Cold apps are left out of the warm list; apps without weights are in it.
+        let warm: Vec<String> = reg.warm_apps().iter().map(|a| a.to_string()).collect();
+        assert!(warm.contains(&"runmesh/echo".to_string()));
+        assert!(!warm.contains(&"test/schemed".to_string()));
+        assert!(reg.has_capacity(&m.app));
+        assert!(!reg.has_capacity(&model("runmesh/nope").app));
+    }
+
+    #[test]
+    fn unavailable_apps_are_listed_with_their_reason_until_registered() {
+        let mut reg = AppRegistry::new();
+        let id = AppId::new("test", "schemed").unwrap();
+        reg.mark_unavailable(id.clone(), "weights missing");
+        assert_eq!(
+            reg.unavailable(),
+            vec![(id.clone(), "weights missing".to_string())]
+        );
+        assert!(!reg.serves(&id));
+        reg.register(Arc::new(Schemed)).unwrap();
+        assert!(reg.unavailable().is_empty());
+        reg.mark_unavailable(id, "ignored: it is served");
+        assert!(reg.unavailable().is_empty());
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! What a node serves, decided once at start: the built-in apps, the model apps whose weights are in
+//! place, the apps of its external runners; plus the warm pool and the GPU probe they share.
+
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use super::models::{self, MINILM};
+use super::pool::WarmPool;
+use super::{App as _, AppRegistry};
+use crate::config::NodeConfig;
+use crate::gpu::{self, GpuProbe};
+use crate::runners;
+
+/// The node's apps and the resources behind them.
+pub struct Runtime {
+    pub registry: AppRegistry,
+    pub pool: Arc<WarmPool>,
+    pub gpus: Arc<dyn GpuProbe>,
+    /// Why the GPU figures come from where they come from (logged at start).
+    pub gpu_note: String,
+    /// Runner commands that did not start, with why.
+    pub runner_errors: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--gpus: {0}")]
+    Gpus(#[from] gpu::GpuSpecError),
+}
+
+/// Builds the registry for `cfg`. Never fails on a missing model or a broken runner (the node serves
+/// the rest and says why); fails only on a config error.
+pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
+    let (probe, gpu_note) = gpu::detect(cfg.gpus.as_deref())?;
+    let gpus: Arc<dyn GpuProbe> = Arc::from(probe);
+    info!(source = ?gpus.source(), gpus = ?gpus.gpus(), "{gpu_note}");
+
+    let mut registry = AppRegistry::with_builtins();
+    let pool = Arc::new(WarmPool::new(cfg.pool.clone()));
+    registry.set_pool(pool.clone());
+    let models_dir = models::models_dir(cfg.models_dir.as_deref(), &cfg.data_dir);
+    for name in cfg.pool.models.keys() {
+        if models::find(name).is_none() {
+            warn!(model = %name, "config names a model this node does not know; ignored");
+        }
+    }
+    install_minilm(&mut registry, &pool, &models_dir).await;
+
+    let mut runner_errors = Vec::new();
+    for cmd in &cfg.runners {
+        match runners::start(cmd).await {
+            Ok(apps) => {
+                for app in apps {
+                    let id = app.manifest().id;
+                    if let Err(e) = registry.register(Arc::new(app)) {
+                        error!(runner = %cmd, app = %id, error = %e, "runner app not registered");
+                    }
+                }
+            }
+            Err(e) => {
+                error!(runner = %cmd, error = %e, "runner did not start; its apps are not served");
+                runner_errors.push((cmd.clone(), e.to_string()));
+            }
+        }
+    }
+    for (app, why) in registry.unavailable() {
+        warn!(%app, reason = %why, "app not served");
+    }
+    Ok(Runtime {
+        registry,
+        pool,
+        gpus,
+        gpu_note,
+        runner_errors,
+    })
+}
+
+#[cfg(feature = "models")]
+async fn install_minilm(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
+    use super::minilm::MiniLmApp;
+    match models::check_present(dir, &MINILM) {
+        Ok(model_dir) => {
+            let app = MiniLmApp::new(model_dir, pool.clone());
+            if pool.config().policy(MINILM.name).min_warm > 0 {
+                match app.warm().await {
+                    Ok(()) => info!(model = MINILM.name, "loaded at start (min_warm)"),
+                    Err(e) => {
+                        registry.mark_unavailable(MiniLmApp::app_id(), e.message.clone());
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = registry.register(Arc::new(app)) {
+                error!(error = %e, "all-MiniLM-L6-v2 not registered");
+            }
+        }
+        Err(why) => registry.mark_unavailable(MiniLmApp::app_id(), why),
+    }
+}
+
+#[cfg(not(feature = "models"))]
+async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+    let id = runmesh_proto::AppId {
+        namespace: None,
+        owner: "runmesh".into(),
+        alias: MINILM.app_alias.into(),
+    };
+    registry.mark_unavailable(id, "this binary was built without the `models` feature");
+}
