@@ -8,7 +8,7 @@ use runmesh_tests::{Cluster, NodeOpts, MEMBERSHIP_TIMEOUT};
 use serde_json::json;
 
 const NODES: usize = 5;
-const JOBS_PER_NODE: usize = 6;
+const JOBS_PER_NODE: usize = 3;
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
