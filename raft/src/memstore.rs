@@ -16,14 +16,11 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, StorageIOError,
-};
+use openraft::{LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use runmesh_proto::{codec, Command, CommandOutput, RequestId};
-use serde::{Deserialize, Serialize};
 
 use crate::state::ClusterState;
-use crate::store::MachineState;
+use crate::store::{MachineState, StoredSnapshot};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote};
 
 /// What survives a crash of one simulated node.
@@ -175,12 +172,6 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    table_bytes: Vec<u8>,
-}
-
 fn sm_err(e: impl ToString) -> StorageError {
     StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
 }
@@ -196,13 +187,13 @@ pub struct MemStateMachine {
 impl MemStateMachine {
     /// Loads the last snapshot on `disk`, if any (a restart); openraft replays the log after it.
     pub fn open(disk: MemDisk, apply_fn: ApplyFn) -> Result<Self, StorageError> {
-        let mut state = MachineState::default();
-        if let Some(bytes) = disk.with(|d| d.snapshot.clone()) {
-            let snap: StoredSnapshot = codec::decode(&bytes).map_err(sm_err)?;
-            state.table = ClusterState::from_snapshot_bytes(&snap.table_bytes).map_err(sm_err)?;
-            state.last_applied = snap.meta.last_log_id;
-            state.membership = snap.meta.last_membership;
-        }
+        let state = match disk.with(|d| d.snapshot.clone()) {
+            Some(bytes) => {
+                let snap: StoredSnapshot = codec::decode(&bytes).map_err(sm_err)?;
+                MachineState::from_snapshot(snap).map_err(sm_err)?
+            }
+            None => MachineState::default(),
+        };
         Ok(Self {
             disk,
             state: Arc::new(RwLock::new(state)),
@@ -225,28 +216,12 @@ pub struct MemSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (table_bytes, last_applied, membership) = {
-            let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-            (
-                st.table.to_snapshot_bytes().map_err(sm_err)?,
-                st.last_applied,
-                st.membership.clone(),
-            )
-        };
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_idx),
-            None => format!("--{}", self.snapshot_idx),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let bytes = codec::encode(&StoredSnapshot {
-            meta: meta.clone(),
-            table_bytes,
-        })
-        .map_err(sm_err)?;
+        let (meta, bytes) = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .encode_snapshot(self.snapshot_idx)
+            .map_err(sm_err)?;
         self.disk.with(|d| d.snapshot = Some(bytes.clone()));
         Ok(Snapshot {
             meta,
@@ -268,26 +243,15 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut responses = Vec::new();
         let mut touched = Vec::new();
-        let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        for entry in entries {
-            st.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => responses.push(Vec::new()),
-                EntryPayload::Normal(cmds) => {
-                    let results = cmds
-                        .into_iter()
-                        .map(|cmd| (self.apply_fn)(&mut st.table, &entry.log_id, cmd, &mut touched))
-                        .collect();
-                    responses.push(results);
-                }
-                EntryPayload::Membership(m) => {
-                    st.membership = StoredMembership::new(Some(entry.log_id), m);
-                    responses.push(Vec::new());
-                }
-            }
-        }
+        let apply_fn = &self.apply_fn;
+        let responses = self
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply_entries(entries, &mut touched, |table, log_id, cmd, touched| {
+                apply_fn(table, log_id, cmd, touched)
+            });
         Ok(responses)
     }
 

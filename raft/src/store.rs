@@ -16,7 +16,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
     EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, StorageIOError,
 };
-use runmesh_proto::{codec, RequestId};
+use runmesh_proto::{codec, Command, CommandOutput, ProtoError, RequestId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -239,10 +239,77 @@ pub struct MachineState {
 }
 
 /// The snapshot as stored and sent: applied position, membership and the encoded table.
+/// Shared by the sled store and the simulator's in-memory store, so both read each other's bytes.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    table_bytes: Vec<u8>,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) table_bytes: Vec<u8>,
+}
+
+impl MachineState {
+    /// The state a stored snapshot describes.
+    pub(crate) fn from_snapshot(snap: StoredSnapshot) -> Result<Self, ProtoError> {
+        Ok(Self {
+            table: ClusterState::from_snapshot_bytes(&snap.table_bytes)?,
+            last_applied: snap.meta.last_log_id,
+            membership: snap.meta.last_membership,
+        })
+    }
+
+    /// Encodes the state as a snapshot; `snapshot_idx` tells apart snapshots of one position.
+    pub(crate) fn encode_snapshot(
+        &self,
+        snapshot_idx: u64,
+    ) -> Result<(SnapshotMeta, Vec<u8>), ProtoError> {
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, snapshot_idx),
+            None => format!("--{snapshot_idx}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let bytes = codec::encode(&StoredSnapshot {
+            meta: meta.clone(),
+            table_bytes: self.table.to_snapshot_bytes()?,
+        })?;
+        Ok((meta, bytes))
+    }
+
+    /// Applies committed entries in order, each command through `apply_cmd`, and records the applied
+    /// position and membership. Returns one output list per entry.
+    pub(crate) fn apply_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        touched: &mut Vec<RequestId>,
+        mut apply_cmd: impl FnMut(
+            &mut ClusterState,
+            &LogId,
+            Command,
+            &mut Vec<RequestId>,
+        ) -> CommandOutput,
+    ) -> Vec<Vec<CommandOutput>> {
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Vec::new()),
+                EntryPayload::Normal(cmds) => {
+                    let results = cmds
+                        .into_iter()
+                        .map(|cmd| apply_cmd(&mut self.table, &entry.log_id, cmd, touched))
+                        .collect();
+                    responses.push(results);
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    responses.push(Vec::new());
+                }
+            }
+        }
+        responses
+    }
 }
 
 /// The job table as openraft's state machine. The table is shared with readers through `state`.
@@ -256,13 +323,10 @@ pub struct StateMachine {
 impl StateMachine {
     /// Loads the last snapshot, if any.
     pub fn open(store: Store, changes: broadcast::Sender<RequestId>) -> Result<Self, String> {
-        let mut state = MachineState::default();
-        if let Some(snap) = store.get_meta::<StoredSnapshot>(KEY_SNAPSHOT)? {
-            state.table =
-                ClusterState::from_snapshot_bytes(&snap.table_bytes).map_err(|e| e.to_string())?;
-            state.last_applied = snap.meta.last_log_id;
-            state.membership = snap.meta.last_membership;
-        }
+        let state = match store.get_meta::<StoredSnapshot>(KEY_SNAPSHOT)? {
+            Some(snap) => MachineState::from_snapshot(snap).map_err(|e| e.to_string())?,
+            None => MachineState::default(),
+        };
         Ok(Self {
             store,
             state: Arc::new(RwLock::new(state)),
@@ -293,28 +357,12 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (table_bytes, last_applied, membership) = {
-            let st = self.state.read().map_err(sm_read_err)?;
-            (
-                st.table.to_snapshot_bytes().map_err(sm_read_err)?,
-                st.last_applied,
-                st.membership.clone(),
-            )
-        };
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_idx),
-            None => format!("--{}", self.snapshot_idx),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            table_bytes,
-        };
-        let bytes = codec::encode(&stored).map_err(sm_write_err)?;
+        let (meta, bytes) = self
+            .state
+            .read()
+            .map_err(sm_read_err)?
+            .encode_snapshot(self.snapshot_idx)
+            .map_err(sm_read_err)?;
         self.store
             .meta
             .insert(KEY_SNAPSHOT, bytes.clone())
@@ -343,28 +391,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut responses = Vec::new();
         let mut touched = Vec::new();
-        {
-            let mut st = self.state.write().map_err(sm_write_err)?;
-            for entry in entries {
-                st.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => responses.push(Vec::new()),
-                    EntryPayload::Normal(cmds) => {
-                        let results = cmds
-                            .into_iter()
-                            .map(|cmd| st.table.apply(cmd, &mut touched))
-                            .collect();
-                        responses.push(results);
-                    }
-                    EntryPayload::Membership(m) => {
-                        st.membership = StoredMembership::new(Some(entry.log_id), m);
-                        responses.push(Vec::new());
-                    }
-                }
-            }
-        }
+        let responses = self.state.write().map_err(sm_write_err)?.apply_entries(
+            entries,
+            &mut touched,
+            |table, _, cmd, touched| table.apply(cmd, touched),
+        );
         for id in touched {
             // No receivers is fine: nobody is watching.
             let _ = self.changes.send(id);
