@@ -14,6 +14,7 @@ mod admin_keys;
 pub mod auth;
 pub mod errors;
 pub mod partials;
+pub mod proxy;
 mod queue;
 pub mod realtime;
 pub mod routing;
@@ -63,6 +64,8 @@ pub struct GatewayConfig {
     pub realtime_idle_timeout_ms: u64,
     /// The listener serves HTTPS: URLs handed back say `https` unless `X-Forwarded-Proto` differs.
     pub https: bool,
+    /// Path of the JS client's `proxyUrl` endpoint ([`proxy`]); `None` turns it off.
+    pub proxy_path: Option<String>,
 }
 
 /// Default `Idempotency-Key` window: 24 hours.
@@ -80,6 +83,7 @@ impl Default for GatewayConfig {
             idempotency_window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
             realtime_idle_timeout_ms: REALTIME_IDLE_TIMEOUT_MS_DEFAULT,
             https: false,
+            proxy_path: Some(proxy::PROXY_PATH_DEFAULT.to_string()),
         }
     }
 }
@@ -126,6 +130,7 @@ pub fn router(
 ) -> Router {
     let body_limit_bytes = config.body_limit_bytes;
     let scheme: &'static str = if config.https { "https" } else { "http" };
+    let proxy_path: Arc<str> = config.proxy_path.clone().unwrap_or_default().into();
     let state = AppState {
         joblog,
         catalog,
@@ -146,14 +151,30 @@ pub fn router(
         // Inside the envelope (which decides the route it needs), around every handler.
         .layer(middleware::from_fn_with_state(auth_state, auth::middleware))
         .layer(middleware::from_fn(move |req, next| {
-            envelope(req, next, scheme)
+            envelope(req, next, scheme, proxy_path.clone())
         }))
 }
 
 /// Around every request: decide the route once, open the request span, and make sure every response
 /// is JSON-typed and carries `x-fal-request-id`.
-async fn envelope(mut req: Request, next: Next, scheme: &'static str) -> Response {
-    let ctx = RequestContext::with_scheme(req.method(), req.uri(), req.headers(), scheme);
+async fn envelope(
+    mut req: Request,
+    next: Next,
+    scheme: &'static str,
+    proxy_path: Arc<str>,
+) -> Response {
+    let (ctx, refused) = if proxy::is_proxy_path(&proxy_path, req.uri().path()) {
+        match proxied(&mut req, scheme) {
+            Ok(ctx) => (ctx, None),
+            Err(resp) => (
+                RequestContext::with_scheme(req.method(), req.uri(), req.headers(), scheme),
+                Some(*resp),
+            ),
+        }
+    } else {
+        let ctx = RequestContext::with_scheme(req.method(), req.uri(), req.headers(), scheme);
+        (ctx, None)
+    };
     let request_id = ctx.log_id();
     let span = tracing::info_span!(
         "request",
@@ -162,7 +183,10 @@ async fn envelope(mut req: Request, next: Next, scheme: &'static str) -> Respons
         path = %req.uri().path(),
     );
     req.extensions_mut().insert(ctx);
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = match refused {
+        Some(resp) => resp,
+        None => next.run(req).instrument(span.clone()).await,
+    };
 
     let status = resp.status();
     let is_json_or_sse = resp
@@ -201,6 +225,56 @@ async fn envelope(mut req: Request, next: Next, scheme: &'static str) -> Respons
         }
     });
     resp
+}
+
+/// A request to the proxy endpoint: its URI becomes the target's local path and query, and its
+/// context the target's route; a target outside fal's hosts is refused (fal's server proxy answers
+/// 400 without a target and 412 for one it does not allow).
+fn proxied(req: &mut Request, scheme: &'static str) -> Result<RequestContext, Box<Response>> {
+    use axum::http::StatusCode;
+    if !proxy::method_allowed(req.method()) {
+        return Err(Box::new(
+            ApiError::MethodNotAllowed {
+                allow: "GET, POST, PUT",
+            }
+            .into_response(),
+        ));
+    }
+    let refuse = |status: StatusCode, e: proxy::ProxyError| {
+        Box::new(json_response(
+            status,
+            &serde_json::json!({ "detail": e.to_string() }),
+        ))
+    };
+    let target = req
+        .headers()
+        .get(proxy::TARGET_URL_HEADER)
+        .map(|v| v.to_str().map_err(|_| proxy::ProxyError::InvalidTarget))
+        .transpose()
+        .and_then(proxy::resolve);
+    let target = match target {
+        Ok(t) => t,
+        Err(e @ proxy::ProxyError::MissingTarget) => {
+            return Err(refuse(StatusCode::BAD_REQUEST, e))
+        }
+        Err(e) => return Err(refuse(StatusCode::PRECONDITION_FAILED, e)),
+    };
+    let ctx = RequestContext::for_surface(
+        req.method(),
+        &target.uri,
+        req.headers(),
+        target.surface,
+        target.prefix,
+        scheme,
+    );
+    if !proxy::route_allowed(&ctx.route, &target) {
+        return Err(refuse(
+            StatusCode::PRECONDITION_FAILED,
+            proxy::ProxyError::InvalidTarget,
+        ));
+    }
+    *req.uri_mut() = target.uri;
+    Ok(ctx)
 }
 
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {

@@ -147,7 +147,7 @@ async fn session(
             Ok(Some(Ok(m))) => m,
         };
         let input = match msg {
-            Message::Binary(b) => rmp_serde::from_slice::<Value>(&b).map_err(|e| e.to_string()),
+            Message::Binary(b) => decode_msgpack(&b),
             Message::Text(t) => {
                 serde_json::from_str::<Value>(t.as_str()).map_err(|e| e.to_string())
             }
@@ -423,5 +423,152 @@ async fn run_to_result(
                 Change::Closed => return Err(ApiError::Unavailable("job log closed".into())),
             }
         }
+    }
+}
+
+/// Decodes one msgpack input to a JSON value. msgpack `bin` values (PY sends `bytes` fields as
+/// `bin`, `use_bin_type=True`; JS `Uint8Array`) become `data:application/octet-stream;base64,…`
+/// strings: inputs are JSON here, and apps take files as data URIs or URLs.
+pub fn decode_msgpack(bytes: &[u8]) -> Result<Value, String> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    BinAsDataUri.deserialize(&mut de).map_err(|e| e.to_string())
+}
+
+/// A `serde_json::Value` built from any self-describing input, bytes as data URIs.
+#[derive(Clone, Copy)]
+struct BinAsDataUri;
+
+impl<'de> serde::de::DeserializeSeed<'de> for BinAsDataUri {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BinAsDataUri {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a msgpack value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // NaN and infinities have no JSON form.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(v);
+        Ok(Value::String(format!(
+            "data:application/octet-stream;base64,{b64}"
+        )))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key_seed(self)? {
+            // JSON keys are strings: a number or bool key keeps its text.
+            let key = match k {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            out.insert(key, map.next_value_seed(self)?);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpack_bin_inputs_become_data_uris() {
+        #[derive(serde::Serialize)]
+        struct In<'a> {
+            prompt: &'a str,
+            #[serde(with = "serde_bytes_like")]
+            image: &'a [u8],
+            n: i32,
+            f: f64,
+            list: Vec<Option<u8>>,
+        }
+        mod serde_bytes_like {
+            pub fn serialize<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(v)
+            }
+        }
+        let packed = rmp_serde::to_vec_named(&In {
+            prompt: "cat",
+            image: &[0, 1, 2, 255],
+            n: -3,
+            f: 0.5,
+            list: vec![Some(1), None],
+        })
+        .unwrap();
+        assert_eq!(
+            decode_msgpack(&packed).unwrap(),
+            json!({
+                "prompt": "cat",
+                "image": "data:application/octet-stream;base64,AAEC/w==",
+                "n": -3,
+                "f": 0.5,
+                "list": [1, null],
+            })
+        );
+        let mut int_keys = std::collections::BTreeMap::new();
+        int_keys.insert(7u8, "x");
+        let packed = rmp_serde::to_vec(&int_keys).unwrap();
+        assert_eq!(decode_msgpack(&packed).unwrap(), json!({"7": "x"}));
+        assert!(decode_msgpack(&[0xc1]).is_err());
+        assert!(decode_msgpack(&[0x92, 0x01]).is_err());
     }
 }

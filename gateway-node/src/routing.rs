@@ -420,6 +420,24 @@ impl RequestContext {
         }
     }
 
+    /// A request the proxy endpoint mapped onto `surface` ([`crate::proxy`]): `uri` is the local
+    /// path and query, `prefix` the one URLs handed back keep.
+    pub fn for_surface(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        surface: Surface,
+        prefix: &'static str,
+        default_scheme: &'static str,
+    ) -> Self {
+        Self {
+            fresh_id: RequestId::new_random(),
+            surface,
+            base: BaseUrl::from_request_default(headers, uri, prefix, default_scheme),
+            route: parse_route(method, surface, uri.path()),
+        }
+    }
+
     /// The id logs and the `x-fal-request-id` header use: the job's when the path names one.
     pub fn log_id(&self) -> RequestId {
         self.route

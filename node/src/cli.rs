@@ -180,6 +180,16 @@ pub struct NodeArgs {
     /// Time limit of one webhook attempt [default: 15000].
     #[arg(long, value_name = "MS", env = "RUNMESH_WEBHOOK_TIMEOUT_MS")]
     pub webhook_timeout_ms: Option<u64>,
+    /// Path of the endpoint the JS client's `proxyUrl` mode calls; "" turns it off
+    /// [default: /api/fal/proxy].
+    #[arg(long, value_name = "PATH", env = "RUNMESH_FAL_PROXY_PATH")]
+    pub fal_proxy_path: Option<String>,
+    /// How long a finished request's status and result stay readable [default: 3600000 (1 h)].
+    #[arg(long, value_name = "MS", env = "RUNMESH_RESULT_RETENTION_MS")]
+    pub result_retention_ms: Option<u64>,
+    /// The same for results of 10 KB or more [default: 360000 (6 min)].
+    #[arg(long, value_name = "MS", env = "RUNMESH_LARGE_RESULT_RETENTION_MS")]
+    pub large_result_retention_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -219,6 +229,9 @@ impl NodeArgs {
             webhook_attempts: self.webhook_attempts,
             webhook_backoff_ms: self.webhook_backoff_ms,
             webhook_timeout_ms: self.webhook_timeout_ms,
+            fal_proxy_path: self.fal_proxy_path.clone(),
+            result_retention_ms: self.result_retention_ms,
+            large_result_retention_ms: self.large_result_retention_ms,
         }
     }
 }

@@ -96,6 +96,11 @@ pub struct ConfigFile {
     pub webhook_attempts: Option<u32>,
     pub webhook_backoff_ms: Option<u64>,
     pub webhook_timeout_ms: Option<u64>,
+    /// Path of the JS client's `proxyUrl` endpoint (`""` turns it off) [default: /api/fal/proxy].
+    pub fal_proxy_path: Option<String>,
+    /// How long finished requests stay readable, and for results of 10 KB or more.
+    pub result_retention_ms: Option<u64>,
+    pub large_result_retention_ms: Option<u64>,
 }
 
 /// A secret string: never printed by `Debug`.
@@ -151,6 +156,11 @@ impl ConfigFile {
             webhook_attempts: other.webhook_attempts.or(self.webhook_attempts),
             webhook_backoff_ms: other.webhook_backoff_ms.or(self.webhook_backoff_ms),
             webhook_timeout_ms: other.webhook_timeout_ms.or(self.webhook_timeout_ms),
+            fal_proxy_path: other.fal_proxy_path.or(self.fal_proxy_path),
+            result_retention_ms: other.result_retention_ms.or(self.result_retention_ms),
+            large_result_retention_ms: other
+                .large_result_retention_ms
+                .or(self.large_result_retention_ms),
         }
     }
 }
@@ -194,6 +204,9 @@ pub struct CompatConfig {
     pub rate_per_s: u32,
     pub rate_burst: u32,
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// `None`: no `proxyUrl` endpoint.
+    pub proxy_path: Option<String>,
+    pub retention: runmesh_proto::Retention,
 }
 
 pub const DEFAULT_RATE_PER_S: u32 = 200;
@@ -232,6 +245,22 @@ impl CompatConfig {
             rate_per_s: c.rate_limit.unwrap_or(DEFAULT_RATE_PER_S),
             rate_burst: c.rate_burst.unwrap_or(DEFAULT_RATE_BURST).max(1),
             webhooks,
+            proxy_path: match &c.fal_proxy_path {
+                None => Some(runmesh_gateway_node::proxy::PROXY_PATH_DEFAULT.to_string()),
+                Some(p) if p.trim().is_empty() => None,
+                Some(p) if p.starts_with('/') => Some(p.trim().to_string()),
+                Some(p) => Some(format!("/{}", p.trim())),
+            },
+            retention: {
+                let d = runmesh_proto::Retention::default();
+                runmesh_proto::Retention {
+                    retain_ms: c.result_retention_ms.unwrap_or(d.retain_ms).max(1),
+                    large_retain_ms: c
+                        .large_result_retention_ms
+                        .unwrap_or(d.large_retain_ms)
+                        .max(1),
+                }
+            },
         })
     }
 }

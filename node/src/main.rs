@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use runmesh_gateway_node::{AppCatalog, GatewayConfig, PartialHub};
 use runmesh_node::config::{ConfigFile, LogFormat, NodeConfig};
-use runmesh_node::worker::{run_ticker, Worker};
+use runmesh_node::worker::{run_result_expiry, run_ticker, Worker};
 use runmesh_proto::{Clock, SystemClock};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -188,6 +188,13 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
 
+    let expiry_task = tokio::spawn(run_result_expiry(
+        joblog.clone(),
+        clock.clone(),
+        cfg.compat.retention,
+        stop_rx.clone(),
+    ));
+
     let listener = runmesh_node::tls::bind(cfg.http, &cfg.compat.tls, &cfg.data_dir).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let scheme = listener.scheme();
@@ -215,6 +222,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             rate_burst: cfg.compat.rate_burst,
         },
         https: scheme == "https",
+        proxy_path: cfg.compat.proxy_path.clone(),
         cluster: Some(runmesh_gateway_node::ClusterHandle(Arc::new(
             mesh.mesh.clone(),
         ))),
@@ -254,6 +262,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, async {
         let _ = worker_task.await;
         let _ = ticker_task.await;
+        let _ = expiry_task.await;
         let _ = webhooks_task.await;
         for t in mesh.tasks {
             let _ = t.await;

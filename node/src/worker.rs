@@ -773,6 +773,42 @@ pub async fn run_ticker(
     }
 }
 
+/// Proposes `Expire` when finished jobs are past their result retention (fal keeps results 1 h,
+/// 6 min when large). Checked a few times per retention period, at most every 30 s: a job held for
+/// an owed webhook keeps the table due, and each proposal is a log entry.
+pub async fn run_result_expiry(
+    joblog: JobLog,
+    clock: Arc<dyn Clock>,
+    retention: runmesh_proto::Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shortest = retention.retain_ms.min(retention.large_retain_ms);
+    let mut every = tokio::time::interval(Duration::from_millis((shortest / 4).clamp(100, 30_000)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            _ = every.tick() => {
+                let now_ms = clock.now_ms();
+                if !tick_due(joblog.read(|t| t.next_expiry_due_ms(retention)), now_ms) {
+                    continue;
+                }
+                match joblog.propose(JobCommand::Expire { now_ms, retention }).await {
+                    Ok(CommandResult::Expired { removed }) if removed > 0 => {
+                        info!(removed, "finished requests expired");
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "expiry not proposed"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -263,6 +263,31 @@ pub enum JobCommand {
     },
     /// Time passed: requeue jobs whose lease expired, fail jobs that missed their start deadline.
     Tick { now_ms: u64 },
+    /// Forget finished jobs whose result is past its retention (fal keeps results 1 h, 6 min
+    /// when ≥ 10 KB); they then answer as unknown requests. The proposer's policy travels in the
+    /// command, so every replica forgets the same jobs.
+    Expire { now_ms: u64, retention: Retention },
+}
+
+/// Results at least this large (output JSON bytes) are kept for [`Retention::large_retain_ms`].
+pub const LARGE_RESULT_BYTES: usize = 10 * 1024;
+
+/// How long finished jobs stay readable after they end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub retain_ms: u64,
+    /// For results of [`LARGE_RESULT_BYTES`] or more.
+    pub large_retain_ms: u64,
+}
+
+impl Default for Retention {
+    /// fal's: 1 hour, 6 minutes for large results.
+    fn default() -> Self {
+        Self {
+            retain_ms: 3_600_000,
+            large_retain_ms: 360_000,
+        }
+    }
 }
 
 impl JobCommand {
@@ -276,7 +301,7 @@ impl JobCommand {
             | Self::Fail { request_id, .. }
             | Self::RequestCancel { request_id, .. }
             | Self::Cancel { request_id, .. } => Some(request_id),
-            Self::Tick { .. } => None,
+            Self::Tick { .. } | Self::Expire { .. } => None,
         }
     }
 }
@@ -298,6 +323,8 @@ pub enum CommandResult {
     Cancelled,
     /// Ticked: these jobs were requeued or failed.
     Ticked { requeued: u32, timed_out: u32 },
+    /// Expired: this many finished jobs were forgotten.
+    Expired { removed: u32 },
     /// Not applied, with the reason (stale attempt, wrong state, unknown job).
     Rejected(Rejection),
 }

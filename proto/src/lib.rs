@@ -17,7 +17,7 @@ pub use command::{Command, CommandOutput};
 pub use ids::{AppId, ModelId, NodeId, RequestId};
 pub use job::{
     CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLevel, LogLine, Outcome,
-    Priority, Rejection, SubmitMode,
+    Priority, Rejection, Retention, SubmitMode, LARGE_RESULT_BYTES,
 };
 pub use time::{Clock, SystemClock};
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use runmesh_proto::{
     AppId, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine, NodeId,
-    Outcome, Rejection, RequestId,
+    Outcome, Rejection, RequestId, Retention, LARGE_RESULT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,23 @@ pub struct JobTable {
     leases: BTreeSet<(u64, RequestId)>,
     /// Queued jobs by start deadline (`X-Fal-Request-Timeout`).
     start_deadlines: BTreeSet<(u64, RequestId)>,
+    /// Finished jobs by end time, `[small results, large results]`, for [`JobCommand::Expire`].
+    finished: [BTreeSet<(u64, RequestId)>; 2],
+}
+
+/// Which `finished` index a job belongs in, and when it ended; `None` until it is terminal.
+fn finished_key(rec: &JobRecord) -> Option<(usize, u64)> {
+    match &rec.state {
+        JobState::Completed {
+            outcome,
+            completed_at_ms,
+        } => {
+            let large = matches!(outcome, Outcome::Output { output_json } if output_json.len() >= LARGE_RESULT_BYTES);
+            Some((usize::from(large), *completed_at_ms))
+        }
+        JobState::Cancelled { cancelled_at_ms } => Some((0, *cancelled_at_ms)),
+        _ => None,
+    }
 }
 
 impl JobTable {
@@ -144,6 +161,7 @@ impl JobTable {
 
     /// Applies one command. `touched` collects the ids whose state changed, for watchers.
     pub fn apply(&mut self, cmd: JobCommand, touched: &mut Vec<RequestId>) -> CommandResult {
+        let first_touched = touched.len();
         let result = match cmd {
             JobCommand::Submit { spec } => self.submit(spec, touched),
             JobCommand::Assign {
@@ -205,7 +223,16 @@ impl JobTable {
                 now_ms,
             } => self.cancel_running(request_id, attempt, now_ms, touched),
             JobCommand::Tick { now_ms } => self.tick(now_ms, touched),
+            JobCommand::Expire { now_ms, retention } => {
+                self.expire(now_ms, retention, |_| false, touched)
+            }
         };
+        // Every change of state goes through `touched`, so this one place sees each job end.
+        for id in &touched[first_touched..] {
+            if let Some((class, at)) = self.jobs.get(id).and_then(finished_key) {
+                self.finished[class].insert((at, id.clone()));
+            }
+        }
         debug_assert!(self.indexes_consistent(), "job table indexes diverged");
         result
     }
@@ -491,6 +518,44 @@ impl JobTable {
         }
     }
 
+    /// [`JobCommand::Expire`]: forgets the finished jobs older than `retention` allows at `now_ms`,
+    /// except those `keep` holds (a webhook still owed reads its job). Only a Raft-applied
+    /// command removes jobs, so every replica forgets the same ones.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        retention: Retention,
+        keep: impl Fn(&RequestId) -> bool,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let mut removed = 0;
+        for (class, retain_ms) in [(0, retention.retain_ms), (1, retention.large_retain_ms)] {
+            let due: Vec<(u64, RequestId)> = self.finished[class]
+                .iter()
+                .take_while(|(at, _)| at.saturating_add(retain_ms) <= now_ms)
+                .filter(|(_, id)| !keep(id))
+                .cloned()
+                .collect();
+            for key in due {
+                self.finished[class].remove(&key);
+                self.jobs.remove(&key.1);
+                touched.push(key.1);
+                removed += 1;
+            }
+        }
+        CommandResult::Expired { removed }
+    }
+
+    /// The earliest instant at which an [`JobCommand::Expire`] under `retention` would forget a
+    /// job (or find one that `keep` still holds).
+    pub fn next_expiry_due_ms(&self, retention: Retention) -> Option<u64> {
+        [retention.retain_ms, retention.large_retain_ms]
+            .iter()
+            .zip(&self.finished)
+            .filter_map(|(retain_ms, set)| set.first().map(|(at, _)| at.saturating_add(*retain_ms)))
+            .min()
+    }
+
     fn index_queued(&mut self, rec: &JobRecord) {
         let key = rec.queue_key();
         self.queued.insert(key.clone());
@@ -534,7 +599,12 @@ impl JobTable {
             .filter(|r| matches!(r.state, JobState::Running { .. }))
             .count();
         let by_app: usize = self.queued_by_app.values().map(BTreeSet::len).sum();
-        queued == self.queued.len() && by_app == queued && running == self.leases.len()
+        let terminal = self.jobs.values().filter(|r| r.state.is_terminal()).count();
+        let finished: usize = self.finished.iter().map(BTreeSet::len).sum();
+        queued == self.queued.len()
+            && by_app == queued
+            && running == self.leases.len()
+            && terminal == finished
     }
 
     /// Serialises the records (not the indexes) for a Raft snapshot.
@@ -562,7 +632,11 @@ impl JobTable {
                         .leases
                         .insert((*lease_until_ms, rec.spec.request_id.clone()));
                 }
-                _ => {}
+                _ => {
+                    if let Some((class, at)) = finished_key(&rec) {
+                        table.finished[class].insert((at, rec.spec.request_id.clone()));
+                    }
+                }
             }
             table.jobs.insert(rec.spec.request_id.clone(), rec);
         }
@@ -832,5 +906,105 @@ mod tests {
         assert_eq!(back.queue_position(&specs[4].request_id), Some(3));
         assert_eq!(back.next_tick_due_ms(), t.next_tick_due_ms());
         assert_eq!(back.to_snapshot_bytes().unwrap(), bytes);
+    }
+    fn run_to_end(t: &mut JobTable, s: &JobSpec, output_json: String, now_ms: u64) {
+        submit(t, s);
+        assign(t, &s.request_id, now_ms);
+        let done = JobCommand::Complete {
+            request_id: s.request_id.clone(),
+            worker: 7,
+            attempt: 1,
+            output_json,
+            inference_time_ms: 1,
+            now_ms,
+        };
+        assert_eq!(apply(t, done), CommandResult::Applied);
+    }
+
+    #[test]
+    fn finished_jobs_expire_after_their_retention_large_ones_sooner() {
+        let mut t = JobTable::new();
+        let r = Retention {
+            retain_ms: 10_000,
+            large_retain_ms: 1_000,
+        };
+        let small = spec("o/a", Priority::Normal, None);
+        let large = spec("o/a", Priority::Normal, None);
+        let cancelled = spec("o/a", Priority::Normal, None);
+        let queued = spec("o/a", Priority::Normal, None);
+        run_to_end(&mut t, &small, "{}".into(), 2_000);
+        let big = format!("\"{}\"", "x".repeat(LARGE_RESULT_BYTES));
+        run_to_end(&mut t, &large, big, 2_000);
+        submit(&mut t, &cancelled);
+        let cancel = JobCommand::RequestCancel {
+            request_id: cancelled.request_id.clone(),
+            now_ms: 2_500,
+        };
+        assert_eq!(apply(&mut t, cancel), CommandResult::Cancelled);
+        submit(&mut t, &queued);
+        assert_eq!(t.next_expiry_due_ms(r), Some(3_000));
+        let expire = |now_ms| JobCommand::Expire {
+            now_ms,
+            retention: r,
+        };
+        assert_eq!(
+            apply(&mut t, expire(2_999)),
+            CommandResult::Expired { removed: 0 }
+        );
+        let mut touched = Vec::new();
+        assert_eq!(
+            t.apply(expire(3_000), &mut touched),
+            CommandResult::Expired { removed: 1 }
+        );
+        assert_eq!(touched, vec![large.request_id.clone()]);
+        assert!(t.get(&large.request_id).is_none());
+        assert_eq!(t.next_expiry_due_ms(r), Some(12_000));
+        // A job `keep` holds (a webhook still owed) stays past its time, and goes once released.
+        let held = small.request_id.clone();
+        assert_eq!(
+            t.expire(12_600, r, |id| *id == held, &mut Vec::new()),
+            CommandResult::Expired { removed: 1 }
+        );
+        assert!(t.get(&small.request_id).is_some());
+        assert!(t.get(&cancelled.request_id).is_none());
+        assert_eq!(
+            apply(&mut t, expire(12_600)),
+            CommandResult::Expired { removed: 1 }
+        );
+        // Queued and running jobs never expire.
+        assert_eq!(t.len(), 1);
+        assert!(t.get(&queued.request_id).is_some());
+        assert_eq!(t.next_expiry_due_ms(r), None);
+        assert!(t.indexes_consistent());
+    }
+
+    #[test]
+    fn snapshots_stop_growing_with_history_once_results_expire() {
+        let mut t = JobTable::new();
+        let r = Retention {
+            retain_ms: 5_000,
+            large_retain_ms: 500,
+        };
+        let mut sizes = Vec::new();
+        // One job a second for 60 s, expiring as the ticker would.
+        for i in 0..60u64 {
+            let now_ms = 2_000 + i * 1_000;
+            let s = spec("o/a", Priority::Normal, None);
+            run_to_end(&mut t, &s, format!("{{\"i\":{i}}}"), now_ms);
+            apply(
+                &mut t,
+                JobCommand::Expire {
+                    now_ms,
+                    retention: r,
+                },
+            );
+            sizes.push(t.to_snapshot_bytes().unwrap().len());
+        }
+        assert!(t.len() <= 6, "{} jobs kept", t.len());
+        // Past the retention window the snapshot is as large as it was when the window filled.
+        assert!(sizes[59] <= sizes[10] + 16, "{sizes:?}");
+        let back = JobTable::from_snapshot_bytes(&t.to_snapshot_bytes().unwrap()).unwrap();
+        assert!(back.indexes_consistent());
+        assert_eq!(back.next_expiry_due_ms(r), t.next_expiry_due_ms(r));
     }
 }

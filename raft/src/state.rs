@@ -35,6 +35,17 @@ impl ClusterState {
     /// Applies one command. `touched` collects job ids whose state changed, for watchers.
     pub fn apply(&mut self, cmd: Command, touched: &mut Vec<RequestId>) -> CommandOutput {
         match cmd {
+            // A job whose webhook is still owed stays until it is delivered or given up on: the
+            // delivery reads the job's outcome.
+            Command::Job(runmesh_proto::JobCommand::Expire { now_ms, retention }) => {
+                let webhooks = &self.webhooks;
+                let owed = |id: &RequestId| {
+                    webhooks.get(id).is_some_and(|d| {
+                        matches!(d.state, crate::webhooks::DeliveryState::Pending { .. })
+                    })
+                };
+                CommandOutput::Job(self.jobs.expire(now_ms, retention, owed, touched))
+            }
             Command::Job(cmd) => {
                 let first_touched = touched.len();
                 let out = CommandOutput::Job(self.jobs.apply(cmd, touched));

@@ -316,6 +316,27 @@ mod tests {
         let back =
             crate::ClusterState::from_snapshot_bytes(&state.to_snapshot_bytes().unwrap()).unwrap();
         assert_eq!(back.webhooks.pending_len(), 1);
+        // Result retention passes: the job that still owes its webhook is kept, the other goes.
+        let expire = Command::Job(JobCommand::Expire {
+            now_ms: 10_000,
+            retention: runmesh_proto::Retention {
+                retain_ms: 1,
+                large_retain_ms: 1,
+            },
+        });
+        assert_eq!(
+            state.apply(expire.clone(), &mut touched),
+            runmesh_proto::CommandOutput::Job(runmesh_proto::CommandResult::Expired { removed: 1 })
+        );
+        assert!(state.jobs.get(&with.request_id).is_some());
+        assert!(state.jobs.get(&without.request_id).is_none());
+        let delivered = AttemptOutcome::Delivered { http_status: 200 };
+        state.apply(
+            Command::Webhook(attempted(&with.request_id, 1, delivered)),
+            &mut touched,
+        );
+        state.apply(expire, &mut touched);
+        assert!(state.jobs.is_empty());
     }
 
     #[test]

@@ -1541,7 +1541,7 @@ fn job_command_id(c: &JobCommand) -> Option<&RequestId> {
         | JobCommand::Fail { request_id, .. }
         | JobCommand::RequestCancel { request_id, .. }
         | JobCommand::Cancel { request_id, .. } => Some(request_id),
-        JobCommand::Tick { .. } => None,
+        JobCommand::Tick { .. } | JobCommand::Expire { .. } => None,
     }
 }
 

@@ -3,7 +3,8 @@
 // Configured only the documented way: `credentials` (FAL_KEY) and a `requestMiddleware` that
 // rewrites fal's hosts to the node (https://fal.run → https://HOST, https://queue.fal.run →
 // https://HOST/queue, https://rest.fal.ai → https://HOST); the certificate is trusted through
-// NODE_EXTRA_CA_CERTS. Realtime's URL is hard-coded (wss://fal.run) and cannot be redirected by
+// NODE_EXTRA_CA_CERTS. The last section repeats the main calls in `proxyUrl` mode (the node's
+// /api/fal/proxy endpoint, dispatching on x-fal-target-url). Realtime's URL is hard-coded (wss://fal.run) and cannot be redirected by
 // config, so that one check installs a global WebSocket shim (the `ws` package) that rewrites it.
 // Env: RUNMESH_HOST (host:port), FAL_KEY, NODE_EXTRA_CA_CERTS. Exits non-zero on the first failure.
 
@@ -216,6 +217,50 @@ async function main() {
   check(hook.ok, "webhook signature verifies against the JWKS");
   check(hook.body.request_id === hooked.request_id && hook.body.status === "OK" && hook.body.payload.hook === "js", "webhook payload");
   rx.server.close();
+
+  // proxyUrl mode: every request goes to the node's proxy endpoint with the URL it meant in
+  // x-fal-target-url (the client's documented alternative to requestMiddleware), no rewriting.
+  const viaProxy = (await import("@fal-ai/client")).createFalClient({
+    credentials: process.env.FAL_KEY,
+    proxyUrl: { url: `https://${HOST}/api/fal/proxy`, when: "always" },
+  });
+  const prun = await viaProxy.run("runmesh/echo", { input: { via: "proxy" } });
+  check(JSON.stringify(prun.data) === '{"via":"proxy"}' && prun.requestId.length > 0, "proxy: fal.run");
+  const pupdates = [];
+  const psub = await viaProxy.subscribe("runmesh/sleep/sub", {
+    input: { ms: 200 },
+    logs: true,
+    pollInterval: 100,
+    onQueueUpdate: (u) => pupdates.push(u.status),
+  });
+  check(psub.data.slept_ms === 200 && pupdates.includes("IN_PROGRESS"), `proxy: subscribe saw ${pupdates}`);
+  const psub2 = await viaProxy.subscribe("runmesh/sleep", { input: { ms: 100 }, mode: "streaming" });
+  check(psub2.data.slept_ms === 100, "proxy: subscribe (streaming mode)");
+  const pq = await viaProxy.queue.submit("runmesh/echo", { input: { q: 1 } });
+  const pst = await viaProxy.queue.status("runmesh/echo", { requestId: pq.request_id, logs: true });
+  check(["IN_QUEUE", "IN_PROGRESS", "COMPLETED"].includes(pst.status), `proxy: queue.status ${pst.status}`);
+  const pres = await viaProxy.subscribe("runmesh/echo", { input: { q: 2 }, pollInterval: 100 });
+  check(pres.data.q === 2, "proxy: result");
+  const pstream = await viaProxy.stream("runmesh/stream/stream", { input: { n: 2, interval_ms: 10 } });
+  const pevents = [];
+  for await (const ev of pstream) pevents.push(ev);
+  check(JSON.stringify(pevents) === '[{"i":0},{"i":1},{"n":2}]', `proxy: stream events ${JSON.stringify(pevents)}`);
+  try {
+    await viaProxy.run("runmesh/sleep", { input: { ms: "soon" } });
+    check(false, "proxy: invalid input throws");
+  } catch (e) {
+    check(e instanceof ValidationError && e.status === 422, `proxy: invalid input ${e.status}`);
+  }
+  const badProxy = (await import("@fal-ai/client")).createFalClient({
+    credentials: "nobody:nothing",
+    proxyUrl: { url: `https://${HOST}/api/fal/proxy`, when: "always" },
+  });
+  try {
+    await badProxy.run("runmesh/echo", { input: {} });
+    check(false, "proxy: a bad key is refused");
+  } catch (e) {
+    check(e instanceof ApiError && e.status === 401, `proxy: bad key ${e.status}`);
+  }
 
   console.log("all @fal-ai/client conformance checks passed");
   process.exit(0);

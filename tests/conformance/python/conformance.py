@@ -121,6 +121,10 @@ def main():
         check(conn.recv() == {"x": 1}, "realtime echo (use_jwt=False)")
         conn.send({"y": [1, 2], "z": "s"})
         check(conn.recv() == {"y": [1, 2], "z": "s"}, "realtime second message on the same socket")
+        # `bytes` go out as msgpack bin; runmesh's JSON inputs take them as data URIs.
+        conn.send({"raw": b"\x00\x01\xff"})
+        got = conn.recv()
+        check(got == {"raw": "data:application/octet-stream;base64,AAH/"}, f"realtime bin input {got}")
     with client.realtime("runmesh/stream", use_jwt=False, max_buffering=4) as conn:
         conn.send({"n": 2, "interval_ms": 10})
         got = [conn.recv() for _ in range(3)]
