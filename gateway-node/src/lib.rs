@@ -66,6 +66,8 @@ pub struct GatewayConfig {
     pub https: bool,
     /// Path of the JS client's `proxyUrl` endpoint ([`proxy`]); `None` turns it off.
     pub proxy_path: Option<String>,
+    /// Interval of the `: ping` comments on SSE responses.
+    pub sse_keepalive_ms: u64,
 }
 
 /// Default `Idempotency-Key` window: 24 hours.
@@ -84,6 +86,7 @@ impl Default for GatewayConfig {
             realtime_idle_timeout_ms: REALTIME_IDLE_TIMEOUT_MS_DEFAULT,
             https: false,
             proxy_path: Some(proxy::PROXY_PATH_DEFAULT.to_string()),
+            sse_keepalive_ms: stream::KEEPALIVE_INTERVAL.as_millis() as u64,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::submit::{commit, prepare};
 use crate::watch::{next_change, CancelOnDrop, Change};
 use crate::{AppState, PartialHub};
 
-/// Comment keep-alive interval (fal documents one every 15 s).
+/// Comment keep-alive interval (fal documents one every 15 s); `GatewayConfig::sse_keepalive_ms`.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Events buffered between a stream task and a slow client before the task waits.
 const EVENTS_BUFFER_MAX: usize = 16;
@@ -58,11 +58,9 @@ fn sse_response(rx: mpsc::Receiver<Bytes>, id: &RequestId) -> Response {
     with_request_id(resp, id)
 }
 
-fn keepalive() -> tokio::time::Interval {
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
-        KEEPALIVE_INTERVAL,
-    );
+fn keepalive(state: &AppState) -> tokio::time::Interval {
+    let every = Duration::from_millis(state.config.sse_keepalive_ms.max(1));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping
 }
@@ -91,7 +89,7 @@ pub(crate) fn status_stream(
         if tx.send(data_event(&last.body.to_string())).await.is_err() || last.completed {
             return;
         }
-        let mut ping = keepalive();
+        let mut ping = keepalive(&state);
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
@@ -171,7 +169,7 @@ async fn stream_job(
     mut guard: CancelOnDrop,
 ) {
     let mut partials = partials;
-    let mut ping = keepalive();
+    let mut ping = keepalive(&state);
     loop {
         tokio::select! {
             // Client gone: returning drops the armed guard, which cancels the job.

@@ -190,6 +190,13 @@ pub struct NodeArgs {
     /// The same for results of 10 KB or more [default: 360000 (6 min)].
     #[arg(long, value_name = "MS", env = "RUNMESH_LARGE_RESULT_RETENTION_MS")]
     pub large_result_retention_ms: Option<u64>,
+    /// A realtime socket without input for this long gets fal's TIMEOUT error and is closed
+    /// [default: 300000 (5 min)].
+    #[arg(long, value_name = "MS", env = "RUNMESH_REALTIME_IDLE_TIMEOUT_MS")]
+    pub realtime_idle_timeout_ms: Option<u64>,
+    /// Interval of the `: ping` keep-alive comments on SSE responses [default: 15000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_SSE_KEEPALIVE_MS")]
+    pub sse_keepalive_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -232,6 +239,8 @@ impl NodeArgs {
             fal_proxy_path: self.fal_proxy_path.clone(),
             result_retention_ms: self.result_retention_ms,
             large_result_retention_ms: self.large_result_retention_ms,
+            realtime_idle_timeout_ms: self.realtime_idle_timeout_ms,
+            sse_keepalive_ms: self.sse_keepalive_ms,
         }
     }
 }

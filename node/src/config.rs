@@ -101,6 +101,10 @@ pub struct ConfigFile {
     /// How long finished requests stay readable, and for results of 10 KB or more.
     pub result_retention_ms: Option<u64>,
     pub large_result_retention_ms: Option<u64>,
+    /// A realtime socket without input for this long gets fal's TIMEOUT and is closed [5 min].
+    pub realtime_idle_timeout_ms: Option<u64>,
+    /// Interval of `: ping` comments on SSE responses [15 s, as fal].
+    pub sse_keepalive_ms: Option<u64>,
 }
 
 /// A secret string: never printed by `Debug`.
@@ -161,6 +165,10 @@ impl ConfigFile {
             large_result_retention_ms: other
                 .large_result_retention_ms
                 .or(self.large_result_retention_ms),
+            realtime_idle_timeout_ms: other
+                .realtime_idle_timeout_ms
+                .or(self.realtime_idle_timeout_ms),
+            sse_keepalive_ms: other.sse_keepalive_ms.or(self.sse_keepalive_ms),
         }
     }
 }
@@ -207,6 +215,8 @@ pub struct CompatConfig {
     /// `None`: no `proxyUrl` endpoint.
     pub proxy_path: Option<String>,
     pub retention: runmesh_proto::Retention,
+    pub realtime_idle_timeout_ms: u64,
+    pub sse_keepalive_ms: u64,
 }
 
 pub const DEFAULT_RATE_PER_S: u32 = 200;
@@ -261,6 +271,14 @@ impl CompatConfig {
                         .max(1),
                 }
             },
+            realtime_idle_timeout_ms: c
+                .realtime_idle_timeout_ms
+                .unwrap_or(runmesh_gateway_node::REALTIME_IDLE_TIMEOUT_MS_DEFAULT)
+                .max(1),
+            sse_keepalive_ms: c
+                .sse_keepalive_ms
+                .unwrap_or(runmesh_gateway_node::stream::KEEPALIVE_INTERVAL.as_millis() as u64)
+                .max(1),
         })
     }
 }

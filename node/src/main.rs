@@ -223,6 +223,8 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         },
         https: scheme == "https",
         proxy_path: cfg.compat.proxy_path.clone(),
+        realtime_idle_timeout_ms: cfg.compat.realtime_idle_timeout_ms,
+        sse_keepalive_ms: cfg.compat.sse_keepalive_ms,
         cluster: Some(runmesh_gateway_node::ClusterHandle(Arc::new(
             mesh.mesh.clone(),
         ))),

@@ -1,5 +1,6 @@
 //! fal queue behaviour on a real node, below the client libraries (issue 5): the JS client's
-//! `proxyUrl` endpoint, result retention, and `X-Fal-No-Retry`.
+//! `proxyUrl` endpoint, result retention, `X-Fal-No-Retry`, SSE keep-alives and the realtime idle
+//! TIMEOUT (both with short intervals set by flag).
 
 use std::time::{Duration, Instant};
 
@@ -390,4 +391,141 @@ async fn no_retry_job_whose_worker_dies_fails_instead_of_requeueing() {
         r.text()
     );
     assert_eq!(r.header("x-fal-error-type"), Some("runner_disconnected"));
+}
+
+/// Reads an SSE body to its end (bounded), keeping the raw bytes: comments included.
+async fn raw_sse(req: reqwest::RequestBuilder) -> (u16, String) {
+    use futures::StreamExt as _;
+    let resp = req.send().await.expect("sse request");
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        body.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_responses_send_ping_comments_while_waiting() {
+    let node = node_with(&["--sse-keepalive-ms", "100"]);
+    let api = node.api();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let sub = api.submit("runmesh/sleep", &json!({"ms": 1500})).await;
+    let url = format!(
+        "{}/queue/runmesh/sleep/requests/{}/status/stream",
+        node.base, sub.request_id
+    );
+    let (status, body) = raw_sse(http.get(url).header("accept", "text/event-stream")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\n: ping\n\n") || body.starts_with(": ping\n\n"),
+        "status stream: {body}"
+    );
+    let last = body.rsplit("data: ").next().unwrap_or_default();
+    assert!(
+        last.contains("\"COMPLETED\""),
+        "status stream ends with COMPLETED: {body}"
+    );
+
+    let url = format!("{}/runmesh/sleep/stream", node.base);
+    let req = http
+        .post(url)
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(json!({"ms": 1000}).to_string());
+    let (status, body) = raw_sse(req).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(": ping\n\n"), "run stream: {body}");
+    assert!(body.contains("\"slept_ms\":1000"), "run stream: {body}");
+}
+
+/// One WebSocket frame from the server (unmasked): opcode and payload.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.expect("frame header");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).await.expect("frame length");
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).await.expect("frame length");
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; usize::try_from(len).expect("frame fits")];
+    s.read_exact(&mut payload).await.expect("frame payload");
+    (head[0] & 0x0f, payload)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realtime_idle_socket_gets_fals_timeout_error_then_a_normal_close() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = node_with(&["--realtime-idle-timeout-ms", "300"]);
+    let mut s = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connect");
+    let handshake = format!(
+        "GET /runmesh/echo/realtime HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        node.addr()
+    );
+    s.write_all(handshake.as_bytes()).await.expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        s.read_exact(&mut byte).await.expect("handshake answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // One input (a masked JSON text frame, as clients must mask), answered with a binary result.
+    let input = br#"{"a":1}"#;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | input.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(input.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.expect("send input");
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Bounded: the server closes after TIMEOUT; the deadline and the count guard a hang.
+    for _ in 0..16 {
+        match tokio::time::timeout_at(deadline, read_frame(&mut s)).await {
+            Ok(f) => {
+                let close = f.0 == 8;
+                frames.push(f);
+                if close {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let ops: Vec<u8> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(
+        ops.first(),
+        Some(&2),
+        "first frame is the binary result: {ops:?}"
+    );
+    let timeout = frames
+        .iter()
+        .filter(|f| f.0 == 1)
+        .filter_map(|f| serde_json::from_slice::<Value>(&f.1).ok())
+        .find(|v| v["type"] == "x-fal-error")
+        .unwrap_or_else(|| panic!("no x-fal-error frame in {ops:?}"));
+    assert_eq!(timeout["error"], "TIMEOUT", "{timeout}");
+    assert!(timeout["reason"].is_string(), "{timeout}");
+    let close = frames.last().expect("frames");
+    assert_eq!(close.0, 8, "closed after TIMEOUT: {ops:?}");
+    assert_eq!(close.1.get(..2), Some(&[0x03, 0xe8][..]), "close code 1000");
 }
