@@ -170,6 +170,9 @@ async fn bad_input_on_every_endpoint_gets_fal_shaped_4xx() {
         ("GET", "/.well-known/jwks.json".into()),
         ("GET", "/healthz".into()),
         ("GET", "/admin/apps".into()),
+        // The JS `proxyUrl` endpoint: what reaches it depends on `x-fal-target-url` (below).
+        ("POST", "/api/fal/proxy".into()),
+        ("GET", "/api/fal/proxy".into()),
     ];
     let huge = vec![b'x'; BODY_LIMIT + 1];
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
@@ -285,6 +288,37 @@ async fn bad_input_on_every_endpoint_gets_fal_shaped_4xx() {
                 ("Sec-WebSocket-Version", b"99".to_vec()),
             ],
             Vec::new(),
+        ),
+        (
+            "proxy target junk",
+            vec![
+                json(),
+                ("x-fal-target-url", b"https://fal.run/\xff\x00/%zz".to_vec()),
+            ],
+            b"{}".to_vec(),
+        ),
+        (
+            "proxy target odd",
+            vec![
+                json(),
+                (
+                    "x-fal-target-url",
+                    b"https://queue.fal.run/runmesh/sleep/requests/%00%ff/status?logs=%ff&x"
+                        .to_vec(),
+                ),
+            ],
+            b"{\"ms\": \"soon\"}".to_vec(),
+        ),
+        (
+            "proxy target to a model",
+            vec![
+                json(),
+                (
+                    "x-fal-target-url",
+                    b"https://fal.run/runmesh/sleep?ms=x".to_vec(),
+                ),
+            ],
+            b"{\"ms\": -1}".to_vec(),
         ),
         (
             "forwarded junk",

@@ -529,3 +529,32 @@ async fn realtime_idle_socket_gets_fals_timeout_error_then_a_normal_close() {
     assert_eq!(close.0, 8, "closed after TIMEOUT: {ops:?}");
     assert_eq!(close.1.get(..2), Some(&[0x03, 0xe8][..]), "close code 1000");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_and_retry_preference_headers_are_accepted_and_ignored() {
+    let node = node_with(&[]);
+    let api = node.api();
+    let headers = [
+        (
+            "x-fal-object-lifecycle-preference",
+            r#"{"expiration_duration_seconds":3600,"initial_acl":{"public":true}}"#,
+        ),
+        ("X-Fal-Store-IO", "0"),
+        (
+            "X-Fal-Retry-Config",
+            r#"{"timeout":{"retries":0},"server_error":{"retries":3}}"#,
+        ),
+        ("x-app-fal-disable-fallback", "true"),
+    ];
+    let sub = api
+        .submit_with("runmesh/echo", &json!({"h": 1}), &headers)
+        .await;
+    api.wait_completed("runmesh/echo", &sub.request_id, WAIT)
+        .await;
+    let r = api.result("runmesh/echo", &sub.request_id).await;
+    assert_eq!((r.status, r.json()), (200, json!({"h": 1})));
+    let r = api
+        .post_json("/runmesh/echo", &json!({"h": 2}), &headers)
+        .await;
+    assert_eq!((r.status, r.json()), (200, json!({"h": 2})), "{}", r.text());
+}

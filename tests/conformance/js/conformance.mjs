@@ -92,12 +92,18 @@ function startReceiver() {
 
 async function main() {
   // fal.run
-  const run = await fal.run("runmesh/echo", { input: { hello: "world" } });
+  const run = await fal.run("runmesh/echo", { input: { hello: "world" }, startTimeout: 30, storageSettings: { expiresIn: 60 } });
   check(JSON.stringify(run.data) === '{"hello":"world"}', "fal.run returns the output");
   check(typeof run.requestId === "string" && run.requestId.length > 0, "fal.run requestId from x-fal-request-id");
 
   // queue.submit → status (logs) → result
-  const { request_id } = await fal.queue.submit("runmesh/sleep/sub", { input: { ms: 300 }, priority: "low", hint: "h" });
+  const { request_id } = await fal.queue.submit("runmesh/sleep/sub", {
+    input: { ms: 300 },
+    priority: "low",
+    hint: "h",
+    startTimeout: 30,
+    storageSettings: { expiresIn: "1h" },
+  });
   check(typeof request_id === "string", "queue.submit returns a request_id");
   const done = await waitStatus("runmesh/sleep", request_id, (s) => s.status === "COMPLETED", "submitted job completes");
   check(Array.isArray(done.logs) && done.logs.length > 0, "status with logs=1 carries logs");
