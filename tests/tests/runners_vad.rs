@@ -199,6 +199,7 @@ async fn vad_through_a_node_matches_onnxruntime_on_a_spoken_clip() {
         .map(|[a, b]| (a, b))
         .collect();
     let segs = segments(&out);
+    eprintln!("segments {segs:?}, spoken {speech:?}");
     assert_eq!(
         segs.len(),
         speech.len(),

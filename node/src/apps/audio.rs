@@ -242,7 +242,7 @@ impl Wav {
         if rate == SAMPLE_RATE {
             return Ok(self.samples);
         }
-        if rate > SAMPLE_RATE && rate % SAMPLE_RATE == 0 {
+        if rate > SAMPLE_RATE && rate.is_multiple_of(SAMPLE_RATE) {
             let step = (rate / SAMPLE_RATE) as usize;
             return Ok(self.samples.into_iter().step_by(step).collect());
         }
