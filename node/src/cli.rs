@@ -264,8 +264,9 @@ pub enum ModelsCommand {
     Fetch(ModelsFetchArgs),
     /// List the known models, their licenses, and whether their weights are installed.
     List(ModelsDirArgs),
-    /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64: through a node (submit to result)
-    /// against the direct candle call in the same process.
+    /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64 (or, with `--model silero-vad`, VAD
+    /// chunks/s on synthetic clips): through a node (submit to result) against the direct candle
+    /// call in the same process.
     Bench(ModelsBenchArgs),
 }
 
@@ -319,6 +320,17 @@ pub struct ModelsBenchArgs {
         default_value = "1,8,64"
     )]
     pub batches: Vec<usize>,
+    /// Which model to measure: all-minilm-l6-v2 (embeddings/s) or silero-vad (chunks/s).
+    #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
+    pub model: String,
+    /// Clip lengths in seconds (silero-vad).
+    #[arg(
+        long,
+        value_name = "S,S,...",
+        value_delimiter = ',',
+        default_value = "10,60"
+    )]
+    pub clip_seconds: Vec<f64>,
 }
 
 #[derive(Debug, Args)]

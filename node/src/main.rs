@@ -100,9 +100,15 @@ async fn models_command(cmd: cli::ModelsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         cli::ModelsCommand::Bench(a) => {
-            let report = models_cli::bench(&dir_of(&a.dir), a.requests, &a.batches)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let dir = dir_of(&a.dir);
+            let report = match models::find(&a.model).map(|m| m.name) {
+                Some("all-minilm-l6-v2") => models_cli::bench(&dir, a.requests, &a.batches).await,
+                Some("silero-vad") => {
+                    models_cli::bench_vad(&dir, a.requests, &a.clip_seconds).await
+                }
+                _ => Err(format!("no benchmark for model {:?}", a.model)),
+            }
+            .map_err(anyhow::Error::msg)?;
             println!("{report}");
             Ok(())
         }

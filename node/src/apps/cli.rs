@@ -138,10 +138,10 @@ pub async fn bench(
         .map_err(|e| e.to_string())??;
         // Through the node: queue submit, then wait for the result over the status stream.
         let body = json!({ "texts": texts });
-        submit_and_wait(&client, &node.url, &url, &body).await?; // warm-up
+        submit_and_wait(&client, &node.url, &url, &body, "embeddings").await?; // warm-up
         let start = Instant::now();
         for _ in 0..requests {
-            submit_and_wait(&client, &node.url, &url, &body).await?;
+            submit_and_wait(&client, &node.url, &url, &body, "embeddings").await?;
         }
         let node_s = start.elapsed().as_secs_f64();
         let n = (b * requests) as f64;
@@ -164,6 +164,130 @@ pub async fn bench(
     Err("this binary was built without the `models` feature".into())
 }
 
+/// A deterministic clip for the VAD benchmark: alternating 2 s of quiet noise and 2 s of a voiced-like
+/// signal (a 140 Hz harmonic series with a syllable-rate envelope), so both of the app's paths run.
+pub fn bench_clip(seconds: f64) -> Vec<f32> {
+    let rate = f64::from(super::audio::SAMPLE_RATE);
+    let n = (seconds * rate) as usize;
+    let mut x: u32 = 12345;
+    (0..n)
+        .map(|i| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let noise = ((x >> 8) as f64 / f64::from(1u32 << 24) - 0.5) * 0.002;
+            let t = i as f64 / rate;
+            let voiced = (t / 2.0) as u64 % 2 == 1;
+            let tone = if voiced {
+                let env = (std::f64::consts::PI * 4.0 * t).sin().abs();
+                (1..=8)
+                    .map(|k| (2.0 * std::f64::consts::PI * 140.0 * k as f64 * t).sin() / k as f64)
+                    .sum::<f64>()
+                    * 0.2
+                    * env
+            } else {
+                0.0
+            };
+            (noise + tone) as f32
+        })
+        .collect()
+}
+
+/// One line of the VAD benchmark.
+#[derive(Clone, Debug)]
+pub struct VadBenchRow {
+    pub seconds: f64,
+    pub chunks: usize,
+    /// Wall seconds per request.
+    pub direct_s: f64,
+    pub node_s: f64,
+}
+
+pub fn render_vad(rows: &[VadBenchRow], requests: usize) -> String {
+    let mut s = format!(
+        "Silero VAD on CPU, {requests} requests per clip, sequential (one in flight)\n\n\
+         | clip | chunks | direct candle (chunks/s, x real time) | through the node, submit→result (chunks/s, x real time) | overhead (direct/node) |\n\
+         |---|---|---|---|---|\n"
+    );
+    for r in rows {
+        let c = r.chunks as f64;
+        s.push_str(&format!(
+            "| {:.0} s | {} | {:.0} ({:.0}x) | {:.0} ({:.0}x) | {:.2}x |\n",
+            r.seconds,
+            r.chunks,
+            c / r.direct_s,
+            r.seconds / r.direct_s,
+            c / r.node_s,
+            r.seconds / r.node_s,
+            r.node_s / r.direct_s
+        ));
+    }
+    s
+}
+
+/// Chunks/s of Silero VAD: the model called directly against the same clip through a node (a data:
+/// URI of a 16-bit WAV, queue submit to result), for each clip length.
+#[cfg(feature = "models")]
+pub async fn bench_vad(
+    models_dir: &Path,
+    requests: usize,
+    clip_seconds: &[f64],
+) -> Result<String, String> {
+    use super::audio;
+    use super::minilm::default_device;
+    use super::vad::{chunk_count, Vad};
+    let requests = requests.clamp(1, 10_000);
+    let model_dir = models::check_present(models_dir, &models::SILERO_VAD)?;
+    let vad = tokio::task::spawn_blocking(move || Vad::load(&model_dir, &default_device()))
+        .await
+        .map_err(|e| e.to_string())??;
+    let vad = std::sync::Arc::new(vad);
+    let node = spawn_node(models_dir).await?;
+    let client = reqwest::Client::new();
+    let url = format!("{}/runmesh/silero-vad", node.url);
+    let mut rows = Vec::new();
+    for &secs in clip_seconds {
+        let secs = secs.clamp(0.1, 600.0);
+        let samples = bench_clip(secs);
+        let wav = audio::encode_wav(&samples, audio::SAMPLE_RATE, false);
+        // Direct: the model on the samples the node will decode from the WAV.
+        let decoded = audio::parse_wav(&wav).map_err(|e| e.to_string())?.samples;
+        let v = vad.clone();
+        let direct_s = tokio::task::spawn_blocking(move || {
+            v.probabilities(&decoded)?; // warm-up
+            let start = Instant::now();
+            for _ in 0..requests {
+                v.probabilities(&decoded)?;
+            }
+            Ok::<_, String>(start.elapsed().as_secs_f64() / requests as f64)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let body = json!({ "audio": audio::data_uri(&wav) });
+        submit_and_wait(&client, &node.url, &url, &body, "probabilities").await?; // warm-up
+        let start = Instant::now();
+        for _ in 0..requests {
+            submit_and_wait(&client, &node.url, &url, &body, "probabilities").await?;
+        }
+        let node_s = start.elapsed().as_secs_f64() / requests as f64;
+        rows.push(VadBenchRow {
+            seconds: secs,
+            chunks: chunk_count(samples.len()),
+            direct_s,
+            node_s,
+        });
+        eprintln!("clip {secs} s: done");
+    }
+    Ok(render_vad(&rows, requests))
+}
+
+#[cfg(not(feature = "models"))]
+pub async fn bench_vad(
+    _models_dir: &Path,
+    _requests: usize,
+    _clip_seconds: &[f64],
+) -> Result<String, String> {
+    Err("this binary was built without the `models` feature".into())
+}
+
 /// Submits `body` to the queue and returns the output once the job completed: submit, follow the
 /// status stream (SSE) until COMPLETED, fetch the result — what a fal client does.
 async fn submit_and_wait(
@@ -171,6 +295,7 @@ async fn submit_and_wait(
     base: &str,
     submit_url: &str,
     body: &Value,
+    output_key: &str,
 ) -> Result<Value, String> {
     use futures::StreamExt;
     let queue_url = submit_url.replacen(base, &format!("{base}/queue"), 1);
@@ -219,7 +344,7 @@ async fn submit_and_wait(
         .json()
         .await
         .map_err(|e| e.to_string())?;
-    if out.get("embeddings").is_none() {
+    if out.get(output_key).is_none() {
         return Err(format!("job failed: {out}"));
     }
     Ok(out)
@@ -295,5 +420,26 @@ mod tests {
         let t = render(&rows, 5);
         assert!(t.contains("| 8 | 400.0 | 200.0 | 2.00x |"), "{t}");
         assert_eq!(bench_texts(3).len(), 3);
+    }
+
+    #[test]
+    fn vad_bench_table_and_clip() {
+        let rows = [VadBenchRow {
+            seconds: 10.0,
+            chunks: 313,
+            direct_s: 0.01,
+            node_s: 0.02,
+        }];
+        let t = render_vad(&rows, 5);
+        assert!(
+            t.contains("| 10 s | 313 | 31300 (1000x) | 15650 (500x) | 2.00x |"),
+            "{t}"
+        );
+        let clip = bench_clip(4.0);
+        assert_eq!(clip.len(), 64_000);
+        // Quiet first 2 s, loud next 2 s.
+        let peak = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(peak(&clip[..32_000]) < 0.01);
+        assert!(peak(&clip[32_000..]) > 0.1);
     }
 }

@@ -4,14 +4,18 @@
 //! Apps are the edge of the node: they may sleep and do real work. The worker owns every decision about
 //! jobs (claiming, leases, recording outcomes); an app only turns one input into one output.
 
+pub mod audio;
 pub mod builtin;
 pub mod cli;
 #[cfg(feature = "models")]
 pub mod minilm;
 pub mod models;
+pub mod onnx;
 pub mod pool;
 pub mod schema;
 pub mod setup;
+#[cfg(feature = "models")]
+pub mod vad;
 
 use std::collections::BTreeMap;
 use std::future::Future;

