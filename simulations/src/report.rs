@@ -124,7 +124,7 @@ pub fn chart(
 "##,
             mt + ph,
             mx - 2.0,
-            mt + ph - 4.0 - 10.0 * (i % 3) as f64,
+            mt + ph - 14.0 - 10.0 * (i % 3) as f64,
             esc(&m.label)
         );
     }
@@ -141,7 +141,8 @@ pub fn chart(
             tick_label(t, xs)
         );
     }
-    let ys = nice_step(y_max, 5.0);
+    // Every plot counts something (jobs, node ids, ms): no fractional ticks.
+    let ys = nice_step(y_max, 5.0).max(1.0);
     for k in 0..=((y_max / ys + 1e-9).floor() as u64) {
         let v = k as f64 * ys;
         let _ = writeln!(
