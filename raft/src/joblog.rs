@@ -12,6 +12,7 @@ use runmesh_proto::{
     codec, Clock, Command, CommandOutput, CommandResult, JobCommand, NodeId, RequestId,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::jobs::JobTable;
 use crate::state::ClusterState;
@@ -111,7 +112,7 @@ struct Inner {
     raft: Raft,
     state: Arc<RwLock<MachineState>>,
     changes: broadcast::Sender<RequestId>,
-    proposals: mpsc::Sender<Proposal>,
+    proposals: Proposer,
     clock: Arc<dyn Clock>,
     store: Store,
     stopped: AtomicBool,
@@ -183,27 +184,25 @@ impl JobLog {
             let _ = raft.trigger().elect().await;
         }
 
-        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        let committer = Committer {
-            raft: raft.clone(),
-            me: cfg.node_id,
+        let (proposals, run) = Proposer::new(
+            raft.clone(),
             transport,
-            write_timeout: cfg.write_timeout,
-            apply_wait: cfg.apply_wait,
-        };
-        tokio::spawn(run_proposer(
-            committer,
-            rx,
-            cfg.batch_max.max(1),
-            cfg.batches_in_flight_max.max(1),
-        ));
+            ProposerConfig {
+                node_id: cfg.node_id,
+                batch_max: cfg.batch_max,
+                batches_in_flight_max: cfg.batches_in_flight_max,
+                write_timeout: cfg.write_timeout,
+                apply_wait: cfg.apply_wait,
+            },
+        );
+        tokio::spawn(run);
         Ok(Self {
             inner: Arc::new(Inner {
                 node_id: cfg.node_id,
                 raft,
                 state,
                 changes,
-                proposals: tx,
+                proposals,
                 clock,
                 store,
                 stopped: AtomicBool::new(false),
@@ -229,14 +228,7 @@ impl JobLog {
 
     /// Commits any [`Command`] through Raft (batched with others) and returns its output.
     pub async fn propose_command(&self, cmd: Command) -> Result<CommandOutput, JobLogError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .proposals
-            .send(Proposal { cmd, reply })
-            .await
-            .map_err(|_| JobLogError::Unavailable("proposer stopped".into()))?;
-        rx.await
-            .map_err(|_| JobLogError::Unavailable("proposal dropped".into()))?
+        self.inner.proposals.propose(cmd).await
     }
 
     /// The clock commands are stamped with.
@@ -491,6 +483,89 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Redirects followed without sleeping (a stale leader hint, then the fresh one).
 const REDIRECTS_FREE: u32 = 2;
 
+/// What a [`Proposer`] needs besides the Raft handle and the transport.
+#[derive(Clone, Debug)]
+pub struct ProposerConfig {
+    pub node_id: NodeId,
+    /// Most commands folded into one Raft entry.
+    pub batch_max: usize,
+    /// Raft entries (batches) written concurrently; more callers wait and join the next batch.
+    pub batches_in_flight_max: usize,
+    /// How long a batch may look for a leader before its callers get [`JobLogError::Unavailable`].
+    pub write_timeout: Duration,
+    /// After a write forwarded to the leader returns, how long to wait for the local replica.
+    pub apply_wait: Duration,
+}
+
+/// Group commit: folds concurrent commands into Raft entries and commits each batch locally when
+/// this node leads, else forwards it to the leader. [`JobLog`] writes through one; the simulator
+/// drives each simulated node's writes through the same, so both batch and retry alike.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Proposal>,
+}
+
+impl Proposer {
+    /// Returns the handle and the task that runs it, for the caller to spawn. The task ends when
+    /// every handle is gone and the batches in flight are done; aborting it (a simulated crash)
+    /// drops the batches in flight, whose callers then get [`JobLogError::Unavailable`].
+    pub fn new(
+        raft: Raft,
+        transport: Arc<dyn RaftTransport>,
+        cfg: ProposerConfig,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let committer = Committer {
+            raft,
+            me: cfg.node_id,
+            transport,
+            write_timeout: cfg.write_timeout,
+            apply_wait: cfg.apply_wait,
+        };
+        let run = run_proposer(
+            committer,
+            rx,
+            cfg.batch_max.max(1),
+            cfg.batches_in_flight_max.max(1),
+        );
+        (Self { tx }, run)
+    }
+
+    /// Commits `cmd` (batched with concurrent ones) and returns what applying it did.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandOutput, JobLogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Proposal { cmd, reply })
+            .await
+            .map_err(|_| JobLogError::Unavailable("proposer stopped".into()))?;
+        rx.await
+            .map_err(|_| JobLogError::Unavailable("proposal dropped".into()))?
+    }
+
+    /// Commits several commands, queued together so that they share a batch where the queue
+    /// allows (the leader's dispatch round); one result per command, in order.
+    pub async fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<CommandOutput, JobLogError>> {
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (reply, rx) = oneshot::channel();
+            match self.tx.send(Proposal { cmd, reply }).await {
+                Ok(()) => waiting.push(Some(rx)),
+                Err(_) => waiting.push(None),
+            }
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(match rx {
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(JobLogError::Unavailable("proposal dropped".into()))),
+                None => Err(JobLogError::Unavailable("proposer stopped".into())),
+            });
+        }
+        out
+    }
+}
+
 /// Folds queued proposals into Raft entries. A batch is cut when a write slot frees up, so under load
 /// batches grow by themselves and one fsync covers many commands.
 async fn run_proposer(
@@ -500,12 +575,15 @@ async fn run_proposer(
     in_flight_max: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight_max));
+    // Batches in flight belong to this task: dropping it (abort) drops them.
+    let mut in_flight = JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
         let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+            break;
         };
         let Some(first) = rx.recv().await else {
-            return;
+            break;
         };
         let mut batch = vec![first];
         while batch.len() < batch_max {
@@ -515,7 +593,7 @@ async fn run_proposer(
             }
         }
         let committer = committer.clone();
-        tokio::spawn(async move {
+        in_flight.spawn(async move {
             let _permit = permit;
             let (cmds, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
@@ -537,6 +615,7 @@ async fn run_proposer(
             }
         });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// How one attempt at committing a batch ended.

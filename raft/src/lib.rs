@@ -17,7 +17,7 @@ pub mod transport;
 pub mod types;
 pub mod webhooks;
 
-pub use joblog::{JobLog, JobLogConfig, JobLogError};
+pub use joblog::{JobLog, JobLogConfig, JobLogError, Proposer, ProposerConfig};
 pub use jobs::{JobRecord, JobTable};
 pub use state::ClusterState;
 pub use types::TypeConfig;

@@ -69,7 +69,8 @@ impl Checker {
         }
     }
 
-    /// One command applied on one replica. `before` is the job's state before, `after` after;
+    /// One command applied on one replica. `before` is the job's state before when that was
+    /// terminal (else `None`: nothing to protect), `after` its state after;
     /// `recorded_terminal` says whether this apply recorded a terminal outcome for it.
     #[allow(clippy::too_many_arguments)]
     pub fn applied(
@@ -125,6 +126,19 @@ impl Checker {
                 );
             }
         }
+    }
+
+    /// Raft entries that carried commands, and the commands in them (group commit's effect).
+    pub fn entries_and_commands(&self) -> (u64, u64) {
+        let mut entries = 0;
+        let mut last = None;
+        for (index, _) in self.entries.keys() {
+            if last != Some(*index) {
+                entries += 1;
+                last = Some(*index);
+            }
+        }
+        (entries, self.entries.len() as u64)
     }
 
     pub fn leader(&mut self, term: u64, node: NodeId, at_ms: u64) -> bool {

@@ -39,6 +39,24 @@ fn nice_step(range: f64, ticks: f64) -> f64 {
     nice * mag
 }
 
+/// A tick value with as many decimals as its step needs (0.5 → "0.5", 20 → "20", 15000 → "15k").
+fn tick_label(v: f64, step: f64) -> String {
+    if step >= 1000.0 && v.abs() >= 1000.0 {
+        let k = v / 1000.0;
+        return if (k - k.round()).abs() < 1e-9 {
+            format!("{}k", k.round() as i64)
+        } else {
+            format!("{k:.1}k")
+        };
+    }
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
+    format!("{v:.decimals$}")
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -47,11 +65,18 @@ fn esc(s: &str) -> String {
 }
 
 /// A line chart over virtual time (seconds) with the fault windows shaded.
+/// A vertical marker on the time axis (faults healed, a new leader).
+pub struct Mark {
+    pub t_s: f64,
+    pub label: String,
+}
+
 pub fn chart(
     title: &str,
     y_label: &str,
     series: &[Series],
     faults: &[FaultWindow],
+    marks: &[Mark],
     x_max_s: f64,
 ) -> String {
     let (w, h) = (960.0, 320.0);
@@ -90,22 +115,36 @@ pub fn chart(
             esc(&f.what)
         );
     }
+    for (i, m) in marks.iter().enumerate() {
+        let mx = x(m.t_s);
+        let _ = write!(
+            o,
+            r##"<line x1="{mx:.1}" y1="{mt}" x2="{mx:.1}" y2="{:.1}" stroke="#555" stroke-dasharray="4 3"/>
+<text x="{:.1}" y="{:.1}" fill="#333" font-size="9" text-anchor="end">{}</text>
+"##,
+            mt + ph,
+            mx - 2.0,
+            mt + ph - 14.0 - 10.0 * (i % 3) as f64,
+            esc(&m.label)
+        );
+    }
     let xs = nice_step(x_max, 10.0);
-    let mut t = 0.0;
-    while t <= x_max + 1e-9 {
+    // Ticks as multiples of the step (not a running sum, whose rounding shows in the labels).
+    for k in 0..=((x_max / xs + 1e-9).floor() as u64) {
+        let t = k as f64 * xs;
         let _ = writeln!(
             o,
             r##"<line x1="{0:.1}" y1="{mt}" x2="{0:.1}" y2="{1:.1}" stroke="#eee"/><text x="{0:.1}" y="{2:.1}" text-anchor="middle">{3}</text>"##,
             x(t),
             mt + ph,
             mt + ph + 14.0,
-            t
+            tick_label(t, xs)
         );
-        t += xs;
     }
-    let ys = nice_step(y_max, 5.0);
-    let mut v = 0.0;
-    while v <= y_max + 1e-9 {
+    // Every plot counts something (jobs, node ids, ms): no fractional ticks.
+    let ys = nice_step(y_max, 5.0).max(1.0);
+    for k in 0..=((y_max / ys + 1e-9).floor() as u64) {
+        let v = k as f64 * ys;
         let _ = writeln!(
             o,
             r##"<line x1="{ml}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#eee"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{4}</text>"##,
@@ -113,9 +152,8 @@ pub fn chart(
             ml + pw,
             ml - 4.0,
             y(v) + 4.0,
-            v
+            tick_label(v, ys)
         );
-        v += ys;
     }
     let _ = write!(
         o,
@@ -249,39 +287,84 @@ pub fn plots(o: &RunOutcome) -> Vec<(&'static str, String)> {
             step: true,
         });
     }
-    let running = vec![Series {
-        name: "running (all nodes)".into(),
-        color: PALETTE[4].into(),
-        points: o
-            .samples
-            .iter()
-            .map(|s| {
-                (
-                    t(s),
-                    s.running.iter().filter(|r| **r > 0).sum::<i64>() as f64,
-                )
-            })
-            .collect(),
-        step: true,
-    }];
-    let leaders = vec![
-        Series {
-            name: "leader node id".into(),
-            color: PALETTE[0].into(),
+    // Jobs running on each node (its share of the work), by its own replica; all nodes together
+    // in big clusters, with the busiest node.
+    let mut running = Vec::new();
+    if n <= NODES_DRAWN_MAX {
+        for i in 0..n {
+            running.push(Series {
+                name: format!("n{}", i + 1),
+                color: PALETTE[i % PALETTE.len()].into(),
+                points: o
+                    .samples
+                    .iter()
+                    .filter(|s| s.running[i] >= 0)
+                    .map(|s| (t(s), s.running[i] as f64))
+                    .collect(),
+                step: true,
+            });
+        }
+    } else {
+        running.push(Series {
+            name: "all nodes".into(),
+            color: PALETTE[4].into(),
             points: o
                 .samples
                 .iter()
-                .map(|s| (t(s), s.leader.unwrap_or(0) as f64))
+                .map(|s| {
+                    (
+                        t(s),
+                        s.running.iter().filter(|r| **r > 0).sum::<i64>() as f64,
+                    )
+                })
                 .collect(),
             step: true,
-        },
-        Series {
-            name: "term".into(),
-            color: PALETTE[1].into(),
-            points: o.samples.iter().map(|s| (t(s), s.term as f64)).collect(),
+        });
+        running.push(Series {
+            name: "busiest node".into(),
+            color: PALETTE[3].into(),
+            points: o
+                .samples
+                .iter()
+                .map(|s| {
+                    (
+                        t(s),
+                        s.running.iter().copied().max().unwrap_or(0).max(0) as f64,
+                    )
+                })
+                .collect(),
             step: true,
-        },
-    ];
+        });
+    }
+    // Leader id only (a term on the same axis read as a node id); each new leader is a marker
+    // labelled with its term.
+    let leaders = vec![Series {
+        name: "leader (0: none)".into(),
+        color: PALETTE[0].into(),
+        points: o
+            .samples
+            .iter()
+            .map(|s| (t(s), s.leader.unwrap_or(0) as f64))
+            .collect(),
+        step: true,
+    }];
+    let leader_marks: Vec<Mark> = if o.leader_changes.len() <= 24 {
+        o.leader_changes
+            .iter()
+            .map(|(at, term, node)| Mark {
+                t_s: *at as f64 / 1000.0,
+                label: format!("n{node} term {term}"),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Where faults stop and the drain starts (arrivals stop, every job must finish).
+    let healed = o.figures["faults_healed_at_ms"].as_u64().map(|h| Mark {
+        t_s: h as f64 / 1000.0,
+        label: "faults healed, drain".into(),
+    });
+    let heal: Vec<Mark> = healed.into_iter().collect();
     let progress = vec![
         Series {
             name: "acknowledged".into(),
@@ -305,33 +388,43 @@ pub fn plots(o: &RunOutcome) -> Vec<(&'static str, String)> {
             "latency.svg",
             chart(
                 "Job latency (submit to result seen by the client), per 10 s",
-                "ms",
+                "latency (ms)",
                 &lat,
                 &o.faults,
+                &heal,
                 x_max,
             ),
         ),
         (
             "queue.svg",
             chart(
-                "Queue depth as each node's replica sees it",
+                "Queued jobs (one cluster-wide queue), as each node's replica sees it",
                 "queued jobs",
                 &queue,
                 &o.faults,
+                &heal,
                 x_max,
             ),
         ),
         (
             "running.svg",
-            chart("Jobs running", "jobs", &running, &o.faults, x_max),
+            chart(
+                "Jobs running per node",
+                "running jobs",
+                &running,
+                &o.faults,
+                &heal,
+                x_max,
+            ),
         ),
         (
             "leaders.svg",
             chart(
-                "Raft leader (0: none) and term",
-                "node id / term",
+                "Raft leader; markers: leader changes with their term",
+                "leader node id",
                 &leaders,
                 &o.faults,
+                &leader_marks,
                 x_max,
             ),
         ),
@@ -342,6 +435,7 @@ pub fn plots(o: &RunOutcome) -> Vec<(&'static str, String)> {
                 "jobs",
                 &progress,
                 &o.faults,
+                &heal,
                 x_max,
             ),
         ),
@@ -419,7 +513,7 @@ code{{background:#f4f4f4}}</style></head><body>
             esc(&f.what)
         );
     }
-    h.push_str("</table><h2>Plots</h2><p>Shaded bands are fault windows.</p>");
+    h.push_str("</table><h2>Plots</h2><p>Shaded bands are fault windows (hover for the fault); the dashed line is where every fault is healed and the drain begins.</p>");
     for (name, _) in plots {
         let _ = write!(h, r#"<p><img src="{name}" alt="{name}"></p>"#);
     }
@@ -462,6 +556,8 @@ duration_s = {virtual_s}
 drain_s = 60
 [cluster]
 voters = {voters}
+# A formed mesh: no join storm of N learner changes before the measurement.
+bootstrap = "formed"
 # Cross-region round trips exceed openraft's 100 ms default AppendEntries timeout (= heartbeat).
 heartbeat_ms = 300
 election_timeout_min_ms = 1500
@@ -503,4 +599,38 @@ for_s = 10
     );
     let text = text.replace("[[nodes]]\ncount = 0\nregion = \"ap-south\"\n", "");
     Scenario::parse(&text).unwrap_or_else(|e| panic!("bench scenario: {e}"))
+}
+
+/// The scenario of `runmesh-sim bench`'s placement row: `n` nodes in one region with 64 slots
+/// each, and `jobs` short jobs submitted within 200 ms, so the queue is deep and the leader's
+/// dispatch rounds (the mesh scheduler, then `Assign` through Raft) run back to back.
+pub fn placement_scenario(n: usize, jobs: u64) -> Scenario {
+    let text = format!(
+        r#"
+name = "placements-{n}"
+duration_s = 30
+drain_s = 60
+[cluster]
+voters = 3
+lease_ms = 5000
+bootstrap = "formed"
+[[nodes]]
+count = {n}
+region = "us-east"
+slots = 64
+[network]
+latency_ms = 0.5
+jitter_ms = 0.2
+[[workload]]
+model = "runmesh/echo"
+arrival = "uniform"
+rate_per_s = {rate}
+start_s = 2
+stop_s = 2.2
+duration_min_ms = 5
+duration_max_ms = 20
+"#,
+        rate = jobs as f64 / 0.2,
+    );
+    Scenario::parse(&text).unwrap_or_else(|e| panic!("placement scenario: {e}"))
 }

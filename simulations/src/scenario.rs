@@ -66,6 +66,24 @@ pub struct ClusterCfg {
     /// openraft's timeout for one snapshot chunk (node default: openraft's 200 ms); a snapshot to
     /// a peer further than that round trip restarts forever.
     pub install_snapshot_timeout_ms: u64,
+    /// Group commit in each node's proposer (the node's `JobLog` defaults): most commands per
+    /// Raft entry, and entries in flight before later writes wait and share the next one.
+    pub batch_max: usize,
+    pub batches_in_flight_max: usize,
+    /// How the cluster comes up: `join` (node 1 alone, every other node admitted as a learner
+    /// one membership change at a time as the leader hears of it, the node's join path; voters
+    /// are promoted by the membership policy; O(N²) membership bytes for N nodes) or `formed`
+    /// (nodes 1..=`voters` vote from the start and every other node enters as a learner in one
+    /// membership change: a deployed mesh, for runs about something other than joining).
+    pub bootstrap: Bootstrap,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootstrap {
+    #[default]
+    Join,
+    Formed,
 }
 
 impl Default for ClusterCfg {
@@ -81,6 +99,9 @@ impl Default for ClusterCfg {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             install_snapshot_timeout_ms: 200,
+            batch_max: 512,
+            batches_in_flight_max: 4,
+            bootstrap: Bootstrap::Join,
         }
     }
 }
@@ -228,7 +249,8 @@ fn default_cancel_within() -> u64 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FaultKind {
-    /// Stop a node (its memory is lost, its disk kept); restart it after `for_s` (never if absent).
+    /// Stop a node (its memory is lost, its disk kept); restart it after `for_s` (absent: at
+    /// `duration_s`, when every fault heals).
     Crash { node: u64 },
     /// Crash whichever node leads at `at_s`.
     KillLeader,

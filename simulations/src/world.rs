@@ -22,7 +22,7 @@ use runmesh_raft::transport::{
     TransportFuture,
 };
 use runmesh_raft::types::Raft;
-use runmesh_raft::{ClusterState, JobTable};
+use runmesh_raft::{ClusterState, JobTable, Proposer, ProposerConfig};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -31,7 +31,7 @@ use tokio::time::{sleep, Instant};
 use crate::check::{word, Checker, Invariant, Violation};
 use crate::lifecycle::{request_id, Fnv, Rng};
 use crate::mesh::{membership, scheduler, view};
-use crate::scenario::{Arrival, Fault, FaultKind, Scenario, Workload};
+use crate::scenario::{Arrival, Bootstrap, Fault, FaultKind, Scenario, Workload};
 
 /// Wall-clock origin of node clocks (virtual time 0), so timestamps look like real ones.
 const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -40,8 +40,9 @@ const WORKER_POLL_MS: u64 = 1_000;
 /// Client status polls.
 const POLL_QUEUE_MS: u64 = 1_000;
 const POLL_SYNC_MS: u64 = 250;
-/// Dispatch limits per leader round.
-const DISPATCH_SCAN_MAX: usize = 512;
+/// Dispatch limits per leader round: the node's (`CLAIM_SCAN_MAX`, `assign_batch_max` in
+/// node/src/worker.rs).
+const DISPATCH_SCAN_MAX: usize = 10_000;
 const DISPATCH_MAX: usize = 256;
 /// Learners added per membership round.
 const LEARNERS_PER_ROUND: usize = 64;
@@ -173,6 +174,7 @@ fn empty_outcome(sc: &Scenario, opts: &Options) -> RunOutcome {
 
 struct Life {
     raft: Raft,
+    proposer: Proposer,
     state: Arc<RwLock<MachineState>>,
     tasks: Vec<AbortHandle>,
 }
@@ -200,6 +202,8 @@ struct Node {
     jobs: BTreeMap<RequestId, LocalJob>,
     /// Woken when an `Assign` to this node is applied on its replica.
     assigned: Arc<Notify>,
+    /// Woken on every job command applied on its replica (the leader's dispatch rounds).
+    changed: Arc<Notify>,
     /// For `--pause`: resumes waiters.
     resumed: Arc<Notify>,
     /// Per-apply position counter (index, position within the entry).
@@ -249,6 +253,9 @@ struct Stats {
     failures: u64,
     cancelled: u64,
     assigns: u64,
+    /// When the first and the latest placement committed (placements per virtual second).
+    first_assign_ms: Option<u64>,
+    last_assign_ms: u64,
     requeues: u64,
     renew_rejected: u64,
     crashes: u64,
@@ -309,6 +316,10 @@ impl World {
 
     fn raft(&self, id: NodeId) -> Option<Raft> {
         self.node(id).life.as_ref().map(|l| l.raft.clone())
+    }
+
+    fn proposer(&self, id: NodeId) -> Option<Proposer> {
+        self.node(id).life.as_ref().map(|l| l.proposer.clone())
     }
 
     fn read<R>(&self, id: NodeId, f: impl FnOnce(&JobTable) -> R) -> Option<R> {
@@ -530,83 +541,29 @@ impl World {
     // -----------------------------------------------------------------------------------------
     // Writes
 
-    /// Commits commands as node `at` would: locally when it leads, else forwarded to the leader,
-    /// retrying with back-off while there is no leader, up to the write timeout.
-    async fn propose(
-        self: &Arc<Self>,
-        at: NodeId,
-        cmds: Vec<Command>,
-    ) -> Result<Vec<CommandOutput>, String> {
-        lock(&self.stats).proposals += 1;
-        let deadline = self.vnow() + self.sc.cluster.write_timeout_ms;
-        let mut backoff = 25u64;
-        let r = loop {
-            let Some(raft) = self.raft(at) else {
-                break Err(format!("node {at} is down"));
-            };
-            self.wait_unpaused(at).await;
-            let leader = raft.metrics().borrow().current_leader;
-            let left = deadline.saturating_sub(self.vnow()).max(1);
-            match leader {
-                Some(l) if l == at => {
-                    match tokio::time::timeout(
-                        Duration::from_millis(left),
-                        raft.client_write(cmds.clone()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(resp)) => break Ok(resp.data),
-                        Ok(Err(openraft::error::RaftError::APIError(
-                            openraft::error::ClientWriteError::ForwardToLeader(_),
-                        ))) => {}
-                        Ok(Err(e)) => break Err(e.to_string()),
-                        Err(_) => break Err("commit timed out".into()),
-                    }
-                }
-                Some(l) => {
-                    let payload = codec::encode(&cmds).map_err(|e| e.to_string())?;
-                    if let Ok(reply) = self.clone().rpc(at, l, RpcKind::Propose, payload).await {
-                        match codec::decode::<ForwardResult>(&reply) {
-                            Ok(Ok(r)) => {
-                                // Read-your-writes on the node that took the request.
-                                if let Some(raft) = self.raft(at) {
-                                    let _ = raft
-                                        .wait(Some(Duration::from_secs(5)))
-                                        .applied_index_at_least(Some(r.log_index), "forwarded")
-                                        .await;
-                                }
-                                break Ok(r.outputs);
-                            }
-                            Ok(Err(ForwardError::Failed(e))) if e.contains("timed out") => {
-                                break Err(e)
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                None => {}
-            }
-            if self.vnow() + backoff > deadline {
-                break Err("no leader took the write in time".into());
-            }
-            sleep(Duration::from_millis(backoff)).await;
-            backoff = (backoff * 2).min(500);
-        };
-        if r.is_err() {
-            lock(&self.stats).proposals_failed += 1;
-        }
-        r
-    }
-
+    /// Commits a command as node `at` would: through the node's own group-commit proposer
+    /// ([`Proposer`], the one `JobLog` uses), which batches it with concurrent writes and commits
+    /// locally when the node leads, else forwards the batch to the leader, retrying with back-off
+    /// while there is none, up to the write timeout.
     async fn propose_job(
         self: &Arc<Self>,
         at: NodeId,
         cmd: JobCommand,
     ) -> Result<CommandResult, String> {
-        let out = self.propose(at, vec![Command::Job(cmd)]).await?;
-        match out.into_iter().next() {
-            Some(CommandOutput::Job(r)) => Ok(r),
-            other => Err(format!("unexpected output {other:?}")),
+        lock(&self.stats).proposals += 1;
+        self.wait_unpaused(at).await;
+        let Some(proposer) = self.proposer(at) else {
+            lock(&self.stats).proposals_failed += 1;
+            return Err(format!("node {at} is down"));
+        };
+        match proposer.propose(Command::Job(cmd)).await {
+            Ok(CommandOutput::Job(r)) => Ok(r),
+            #[allow(unreachable_patterns)]
+            Ok(other) => Err(format!("unexpected output {other:?}")),
+            Err(e) => {
+                lock(&self.stats).proposals_failed += 1;
+                Err(e.to_string())
+            }
         }
     }
 
@@ -618,6 +575,7 @@ impl World {
         let bug = self.bug;
         let pos = self.node(id).apply_pos.clone();
         let assigned = self.node(id).assigned.clone();
+        let changed = self.node(id).changed.clone();
         Arc::new(
             move |st: &mut ClusterState, log_id, cmd: Command, touched| {
                 let Some(w) = w.upgrade() else {
@@ -641,9 +599,14 @@ impl World {
                     Command::Job(j) => job_command_id(j).cloned(),
                     _ => None,
                 };
-                let before = job_id
-                    .as_ref()
-                    .and_then(|id| st.jobs.get(id).map(|r| r.state.clone()));
+                // Only a terminal state can be wrongly changed; cloning every state (outputs
+                // included) on every replica was a visible share of the run.
+                let before = job_id.as_ref().and_then(|id| {
+                    st.jobs
+                        .get(id)
+                        .filter(|r| r.state.is_terminal())
+                        .map(|r| r.state.clone())
+                });
                 let is_finish = matches!(
                     &cmd,
                     Command::Job(JobCommand::Complete { .. } | JobCommand::Fail { .. })
@@ -665,8 +628,7 @@ impl World {
                 let mut recorded: Vec<RequestId> = Vec::new();
                 for t in &touched[first..] {
                     let now_terminal = st.jobs.get(t).is_some_and(|r| r.state.is_terminal());
-                    let was_terminal = job_id.as_ref() == Some(t)
-                        && before.as_ref().is_some_and(JobState::is_terminal);
+                    let was_terminal = job_id.as_ref() == Some(t) && before.is_some();
                     if now_terminal && !was_terminal && !recorded.contains(t) {
                         recorded.push(t.clone());
                     }
@@ -678,6 +640,9 @@ impl World {
                         }
                     }
                 }
+                if job_id.is_some() {
+                    changed.notify_one();
+                }
                 if let (Some(worker), CommandOutput::Job(CommandResult::Assigned { .. })) =
                     (assign_to, &out)
                 {
@@ -685,9 +650,10 @@ impl World {
                         assigned.notify_one();
                     }
                 }
-                let after = job_id
-                    .as_ref()
-                    .and_then(|j| st.jobs.get(j).map(|r| r.state.clone()));
+                let after = match (&job_id, &before) {
+                    (Some(j), Some(_)) => st.jobs.get(j).map(|r| r.state.clone()),
+                    _ => None,
+                };
                 let at = w.vnow();
                 {
                     let mut t = lock(&w.trace);
@@ -712,7 +678,7 @@ impl World {
     }
 
     async fn start_node(self: &Arc<Self>, id: NodeId) {
-        let (disk, first) = {
+        let disk = {
             let mut n = self.node(id);
             if n.life.is_some() {
                 return;
@@ -720,7 +686,7 @@ impl World {
             n.incarnation += 1;
             n.jobs.clear();
             n.warm.clear();
-            (n.disk.clone(), n.incarnation == 1)
+            n.disk.clone()
         };
         let sm = match MemStateMachine::open(disk.clone(), self.apply_hook(id)) {
             Ok(sm) => sm,
@@ -737,7 +703,7 @@ impl World {
         let raft = match Raft::new(
             id,
             self.raft_config.clone(),
-            Network::new(transport),
+            Network::new(transport.clone()),
             MemLogStore::new(disk),
             sm,
         )
@@ -749,13 +715,19 @@ impl World {
                 return;
             }
         };
-        if first && id == 1 {
-            let members = BTreeMap::from([(1, BasicNode { addr: "n1".into() })]);
-            if let Err(e) = raft.initialize(members).await {
-                self.event(json!({"t": self.vnow(), "ev": "init_failed", "error": e.to_string()}));
-            }
-        }
+        let (proposer, run_proposer) = Proposer::new(
+            raft.clone(),
+            transport,
+            ProposerConfig {
+                node_id: id,
+                batch_max: self.sc.cluster.batch_max,
+                batches_in_flight_max: self.sc.cluster.batches_in_flight_max,
+                write_timeout: Duration::from_millis(self.sc.cluster.write_timeout_ms),
+                apply_wait: Duration::from_secs(5),
+            },
+        );
         let tasks = vec![
+            tokio::spawn(run_proposer).abort_handle(),
             tokio::spawn(self.clone().advert_loop(id)).abort_handle(),
             tokio::spawn(self.clone().leader_loop(id)).abort_handle(),
             tokio::spawn(self.clone().worker_loop(id)).abort_handle(),
@@ -763,7 +735,30 @@ impl World {
         ];
         let mut n = self.node(id);
         n.view = view::ClusterView::new(id, view::ViewConfig::default());
-        n.life = Some(Life { raft, state, tasks });
+        n.life = Some(Life {
+            raft,
+            proposer,
+            state,
+            tasks,
+        });
+    }
+
+    /// Forms the cluster on first start. `join`: node 1 alone, as the first node of a new mesh;
+    /// `formed`: the first `voters` nodes vote from the start (the others enter as learners in
+    /// one change, in the first membership round).
+    async fn bootstrap(&self) {
+        let Some(raft) = self.raft(1) else { return };
+        let voters = match self.sc.cluster.bootstrap {
+            Bootstrap::Join => 1,
+            Bootstrap::Formed => self.sc.cluster.voters.clamp(1, self.nodes.len()) as u64,
+        };
+        let members: BTreeMap<NodeId, BasicNode> =
+            (1..=voters).map(|v| (v, member_record(v))).collect();
+        if let Err(e) = raft.initialize(members).await {
+            self.event(json!({"t": self.vnow(), "ev": "init_failed", "error": e.to_string()}));
+        }
+        // Campaign now rather than after an election timeout (the node does so as sole voter).
+        let _ = raft.trigger().elect().await;
     }
 
     async fn crash(self: &Arc<Self>, id: NodeId) {
@@ -918,12 +913,21 @@ impl World {
     /// What the leader does each round: membership (learners in, voters kept healthy), lease and
     /// deadline ticks, and dispatch of queued jobs with the mesh scheduler.
     async fn leader_loop(self: Arc<Self>, id: NodeId) {
-        let every = Duration::from_millis(self.sc.cluster.leader_round_ms.max(10));
-        let mut round: u64 = 0;
+        // Like the node's dispatcher: a round whenever the replica changes (a submit, a finished
+        // job) or the poll interval passes; changes during a round collapse into the next one.
+        let every = Duration::from_millis(self.sc.cluster.leader_round_ms.max(1));
+        let changed = self.node(id).changed.clone();
+        let mut last_membership: Option<u64> = None;
+        let mut wait_poll = true;
         loop {
-            sleep(every).await;
-            round += 1;
+            if wait_poll {
+                sleep(every).await;
+            } else {
+                let _ = tokio::time::timeout(every, changed.notified()).await;
+            }
+            wait_poll = false;
             if self.is_paused(id) {
+                wait_poll = true;
                 continue;
             }
             let Some(raft) = self.raft(id) else { return };
@@ -933,15 +937,26 @@ impl World {
                 m.state == ServerState::Leader && m.current_leader == Some(id)
             };
             if !is_leader {
+                last_membership = None;
+                wait_poll = true;
                 continue;
             }
             let now = self.clock(id);
             self.node(id).view.tick(now);
-            if round.is_multiple_of(10) {
+            // Right after taking over, then once a second.
+            let vnow = self.vnow();
+            if last_membership.is_none_or(|t| vnow >= t + 1_000) {
+                last_membership = Some(vnow);
                 self.membership_round(id, &raft, now).await;
             }
             let mut cmds = Vec::new();
-            let (due, plan) = {
+            let Some((due, queued)) = self.read(id, |t| (t.next_tick_due_ms(), t.queued_total()))
+            else {
+                return;
+            };
+            let plan = if queued == 0 {
+                Vec::new()
+            } else {
                 let adverts: Vec<CapacityAdvert> = self.node(id).view.up().cloned().collect();
                 let members: BTreeSet<NodeId> = raft
                     .metrics()
@@ -952,18 +967,9 @@ impl World {
                     .map(|(n, _)| *n)
                     .collect();
                 self.read(id, |t| {
-                    (
-                        t.next_tick_due_ms(),
-                        scheduler::plan_round(
-                            t,
-                            &adverts,
-                            &members,
-                            DISPATCH_SCAN_MAX,
-                            DISPATCH_MAX,
-                        ),
-                    )
+                    scheduler::plan_round(t, &adverts, &members, DISPATCH_SCAN_MAX, DISPATCH_MAX)
                 })
-                .unwrap_or((None, Vec::new()))
+                .unwrap_or_default()
             };
             if due.is_some_and(|d| d <= now) {
                 cmds.push(Command::Job(JobCommand::Tick { now_ms: now }));
@@ -977,20 +983,33 @@ impl World {
                 }));
             }
             if cmds.is_empty() {
+                wait_poll = true;
                 continue;
             }
-            let wait = Duration::from_millis(self.sc.cluster.write_timeout_ms);
-            if let Ok(Ok(resp)) = tokio::time::timeout(wait, raft.client_write(cmds)).await {
-                let mut st = lock(&self.stats);
-                for out in resp.data {
-                    match out {
-                        CommandOutput::Job(CommandResult::Assigned { .. }) => st.assigns += 1,
-                        CommandOutput::Job(CommandResult::Ticked { requeued, .. }) => {
-                            st.requeues += u64::from(requeued)
-                        }
-                        _ => {}
+            // Queued together, as the node's dispatcher proposes a round, so they share an entry.
+            let Some(proposer) = self.proposer(id) else {
+                return;
+            };
+            let results = proposer.propose_all(cmds).await;
+            let mut st = lock(&self.stats);
+            let assigned_before = st.assigns;
+            for out in results {
+                match out {
+                    Ok(CommandOutput::Job(CommandResult::Assigned { .. })) => {
+                        st.assigns += 1;
+                        let t = self.vnow();
+                        st.first_assign_ms.get_or_insert(t);
+                        st.last_assign_ms = t;
                     }
+                    Ok(CommandOutput::Job(CommandResult::Ticked { requeued, .. })) => {
+                        st.requeues += u64::from(requeued)
+                    }
+                    _ => {}
                 }
+            }
+            // Nothing placed (a failed write, or the plan went stale): no hot loop, wait a poll.
+            if st.assigns == assigned_before {
+                wait_poll = true;
             }
         }
     }
@@ -1029,13 +1048,38 @@ impl World {
             (known, heard)
         };
         let wait = Duration::from_millis(self.sc.cluster.write_timeout_ms);
-        for new in known {
-            let node = BasicNode {
-                addr: format!("n{new}"),
-            };
-            match tokio::time::timeout(wait, raft.add_learner(new, node, false)).await {
-                Ok(Ok(_)) => self.event(json!({"t": self.vnow(), "ev": "learner", "node": new})),
-                _ => return,
+        match self.sc.cluster.bootstrap {
+            Bootstrap::Formed => {
+                // Every node of the scenario is a member: the missing ones enter in one change.
+                let missing: BTreeMap<NodeId, BasicNode> = (1..=self.n())
+                    .filter(|x| !members.contains(x))
+                    .map(|x| (x, member_record(x)))
+                    .collect();
+                if !missing.is_empty() {
+                    let ids: Vec<NodeId> = missing.keys().copied().collect();
+                    let change = openraft::ChangeMembers::AddNodes(missing);
+                    match tokio::time::timeout(wait, raft.change_membership(change, false)).await {
+                        Ok(Ok(_)) => {
+                            self.event(json!({"t": self.vnow(), "ev": "learners", "nodes": ids}))
+                        }
+                        _ => return,
+                    }
+                }
+            }
+            Bootstrap::Join => {
+                for new in known {
+                    match tokio::time::timeout(
+                        wait,
+                        raft.add_learner(new, member_record(new), false),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => {
+                            self.event(json!({"t": self.vnow(), "ev": "learner", "node": new}))
+                        }
+                        _ => return,
+                    }
+                }
             }
         }
         let health: Vec<membership::MemberHealth> = members
@@ -1525,6 +1569,13 @@ impl World {
     }
 }
 
+/// A member's record in the Raft membership. The node keeps its addresses there; the simulated
+/// transport addresses nodes by id, so the record is empty (openraft clones the membership into
+/// its metrics on every loop turn: 200 address strings each time at 200 nodes).
+fn member_record(_id: NodeId) -> BasicNode {
+    BasicNode::default()
+}
+
 fn unreachable_outcome() -> Outcome {
     Outcome::Output {
         output_json: "null".into(),
@@ -1549,7 +1600,10 @@ pub fn describe(k: &FaultKind) -> String {
     match k {
         FaultKind::Crash { node } => format!("crash n{node}"),
         FaultKind::KillLeader => "kill leader".into(),
-        FaultKind::Partition { groups } => format!("partition {groups:?}"),
+        FaultKind::Partition { groups } => {
+            let sides: Vec<String> = groups.iter().map(|g| g.join("+")).collect();
+            format!("partition {} | rest", sides.join(" | "))
+        }
         FaultKind::Pause { node } => format!("pause n{node}"),
         FaultKind::Slow { node, factor } => format!("slow n{node} x{factor}"),
         FaultKind::Skew { node, skew_ms } => format!("skew n{node} {skew_ms:+}ms"),
@@ -1635,6 +1689,7 @@ async fn simulate(sc: Scenario, opts: Options) -> RunOutcome {
                 view: view::ClusterView::new(i as u64 + 1, view::ViewConfig::default()),
                 jobs: BTreeMap::new(),
                 assigned: Arc::new(Notify::new()),
+                changed: Arc::new(Notify::new()),
                 resumed: Arc::new(Notify::new()),
                 apply_pos: Arc::new(Mutex::new((0, 0))),
             })
@@ -1709,6 +1764,7 @@ async fn simulate(sc: Scenario, opts: Options) -> RunOutcome {
     for id in 1..=world.n() {
         world.start_node(id).await;
     }
+    world.bootstrap().await;
     let end_ms = (sc.duration_s * 1000.0) as u64;
     let mut handles = Vec::new();
     handles.push(tokio::spawn(world.clone().sampler()).abort_handle());
@@ -1898,6 +1954,7 @@ impl World {
             .max()
             .unwrap_or(0);
         let virtual_ms = self.vnow();
+        let (entries, commands) = check.entries_and_commands();
         let log_entries: Vec<usize> = self.nodes.iter().map(|n| lock(n).disk.log_len()).collect();
         let figures = json!({
             "scenario": self.sc.name,
@@ -1911,6 +1968,7 @@ impl World {
                 "submitted": st.submitted, "acknowledged": st.acked, "submit_failed": st.submit_failed,
                 "completed": st.completions, "failed": st.failures, "cancelled": st.cancelled,
                 "cancels_sent": st.cancels_sent, "assigns": st.assigns, "requeued": st.requeues,
+                "placement_window_ms": st.first_assign_ms.map_or(0, |f| st.last_assign_ms.saturating_sub(f)),
                 "lease_renewals_rejected": st.renew_rejected,
             },
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0), "count": lat.len()},
@@ -1918,6 +1976,8 @@ impl World {
                 "terms_with_leader": check.leaders.len(), "elections_won": st.elections_won,
                 "last_term": check.leaders.keys().next_back().copied().unwrap_or(0),
                 "proposals": st.proposals, "proposals_failed": st.proposals_failed,
+                "entries_with_commands": entries, "commands": commands,
+                "commands_per_entry": (commands as f64 / entries.max(1) as f64 * 100.0).round() / 100.0,
                 "log_entries_held_max": log_entries.iter().max().copied().unwrap_or(0),
             },
             "nodes_faults": {"crashes": st.crashes, "restarts": st.restarts},

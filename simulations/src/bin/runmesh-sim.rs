@@ -19,7 +19,7 @@ use runmesh_simulations::{report, LifecycleScenario};
 const USAGE: &str = "usage:
   runmesh-sim run SCENARIO [--seed N] [--random-faults] [--out DIR]
   runmesh-sim sweep SCENARIO --seeds A..B [--random-faults]
-  runmesh-sim bench [--nodes 5,50,200] [--virtual-s S]
+  runmesh-sim bench [--nodes 5,50,200] [--virtual-s S] [--placement-nodes N] [--placement-jobs J]
   runmesh-sim lifecycle [--seed N] [--jobs J] [--workers W] [--crash-per-mille P] [--cancel-per-mille P]";
 
 fn main() -> ExitCode {
@@ -56,6 +56,8 @@ struct Flags {
     out: Option<PathBuf>,
     nodes: Vec<usize>,
     virtual_s: Option<f64>,
+    placement_nodes: Option<usize>,
+    placement_jobs: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Flags, String> {
@@ -67,6 +69,8 @@ fn parse(args: &[String]) -> Result<Flags, String> {
         out: None,
         nodes: Vec::new(),
         virtual_s: None,
+        placement_nodes: None,
+        placement_jobs: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -109,6 +113,20 @@ fn parse(args: &[String]) -> Result<Flags, String> {
                     value("--virtual-s")?
                         .parse()
                         .map_err(|_| "--virtual-s needs a number")?,
+                )
+            }
+            "--placement-nodes" => {
+                f.placement_nodes = Some(
+                    value("--placement-nodes")?
+                        .parse()
+                        .map_err(|_| "--placement-nodes needs a number")?,
+                )
+            }
+            "--placement-jobs" => {
+                f.placement_jobs = Some(
+                    value("--placement-jobs")?
+                        .parse()
+                        .map_err(|_| "--placement-jobs needs a number")?,
                 )
             }
             s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
@@ -244,8 +262,8 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode, String> {
     };
     let virtual_s = f.virtual_s.unwrap_or(600.0);
     println!(
-        "{:>6} {:>10} {:>8} {:>12} {:>8} {:>10}",
-        "nodes", "virtual_s", "wall_s", "sim_s/wall_s", "jobs", "msgs"
+        "{:>6} {:>10} {:>8} {:>12} {:>8} {:>10} {:>9} {:>12}",
+        "nodes", "virtual_s", "wall_s", "sim_s/wall_s", "jobs", "msgs", "entries", "cmds/entry"
     );
     let mut failed = false;
     for n in sizes {
@@ -253,16 +271,40 @@ fn cmd_bench(args: &[String]) -> Result<ExitCode, String> {
         let o = run(&sc, &Options::new(1));
         let wall = o.wall_ms as f64 / 1000.0;
         println!(
-            "{:>6} {:>10.0} {:>8.2} {:>12.1} {:>8} {:>10}",
+            "{:>6} {:>10.0} {:>8.2} {:>12.1} {:>8} {:>10} {:>9} {:>12}",
             n,
             o.virtual_ms as f64 / 1000.0,
             wall,
             o.virtual_ms as f64 / 1000.0 / wall.max(1e-6),
             o.figures["jobs"]["acknowledged"],
-            o.figures["network"]["sent"]
+            o.figures["network"]["sent"],
+            o.figures["raft"]["entries_with_commands"],
+            o.figures["raft"]["commands_per_entry"]
         );
         failed |= o.violations_total > 0;
     }
+    // Scheduler throughput: a deep queue drained by the leader's dispatch rounds.
+    let (p_nodes, p_jobs) = (
+        f.placement_nodes.unwrap_or(20),
+        f.placement_jobs.unwrap_or(10_000),
+    );
+    let o = run(
+        &report::placement_scenario(p_nodes, p_jobs),
+        &Options::new(1),
+    );
+    let j = &o.figures["jobs"];
+    let placed = j["assigns"].as_u64().unwrap_or(0);
+    let window_s = j["placement_window_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    let wall = o.wall_ms as f64 / 1000.0;
+    println!(
+        "placements: nodes={p_nodes} jobs={} placed={placed} window_virtual_s={window_s:.2} placements_per_virtual_s={:.0} wall_s={wall:.2} placements_per_wall_s={:.0} commands_per_entry={} violations={}",
+        j["acknowledged"],
+        placed as f64 / window_s.max(1e-3),
+        placed as f64 / wall.max(1e-6),
+        o.figures["raft"]["commands_per_entry"],
+        o.violations_total
+    );
+    failed |= o.violations_total > 0;
     Ok(if failed {
         ExitCode::FAILURE
     } else {
