@@ -243,7 +243,8 @@ pub enum ModelsCommand {
     /// List the known models, their licenses, and whether their weights are installed.
     List(ModelsDirArgs),
     /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64: through a node (submit to result)
-    /// against the direct candle call in the same process.
+    /// against the direct candle call in the same process. With `--model gemma-3-270m`: prefill
+    /// time and decode tokens/s, direct vs through a node, and llama.cpp with `--llama-python`.
     Bench(ModelsBenchArgs),
 }
 
@@ -297,6 +298,26 @@ pub struct ModelsBenchArgs {
         default_value = "1,8,64"
     )]
     pub batches: Vec<usize>,
+    /// Model to benchmark: all-minilm-l6-v2 or gemma-3-270m.
+    #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
+    pub model: String,
+    /// Gemma: tokens generated per round (greedy).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Gemma: the prompt.
+    #[arg(long, value_name = "TEXT", default_value = "The capital of France is")]
+    pub prompt: String,
+    /// Gemma: a Python with llama-cpp-python installed, to run llama.cpp on the same GGUF and thread
+    /// count in the same run.
+    #[arg(long, value_name = "PATH")]
+    pub llama_python: Option<String>,
+    /// Gemma: the llama.cpp side's script.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "scripts/bench/llama_cpp_gemma.py"
+    )]
+    pub llama_script: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -99,7 +99,29 @@ async fn models_command(cmd: cli::ModelsCommand) -> anyhow::Result<()> {
             models_cli::list(&dir_of(&d));
             Ok(())
         }
+        cli::ModelsCommand::Bench(a)
+            if models::find(&a.model).is_some_and(|m| m.name == "gemma-3-270m") =>
+        {
+            let opts = models_cli::GemmaBenchOptions {
+                rounds: a.requests,
+                max_tokens: a.max_tokens,
+                prompt: a.prompt.clone(),
+                llama_python: a.llama_python.clone(),
+                llama_script: a.llama_script.clone(),
+            };
+            let report = models_cli::bench_gemma(&dir_of(&a.dir), &opts)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(())
+        }
         cli::ModelsCommand::Bench(a) => {
+            if models::find(&a.model).is_none_or(|m| m.name != "all-minilm-l6-v2") {
+                anyhow::bail!(
+                    "models bench knows all-minilm-l6-v2 and gemma-3-270m, not {}",
+                    a.model
+                );
+            }
             let report = models_cli::bench(&dir_of(&a.dir), a.requests, &a.batches)
                 .await
                 .map_err(anyhow::Error::msg)?;

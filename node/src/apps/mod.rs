@@ -7,6 +7,8 @@
 pub mod builtin;
 pub mod cli;
 #[cfg(feature = "models")]
+pub mod gemma;
+#[cfg(feature = "models")]
 pub mod minilm;
 pub mod models;
 pub mod pool;
