@@ -264,9 +264,10 @@ pub enum ModelsCommand {
     Fetch(ModelsFetchArgs),
     /// List the known models, their licenses, and whether their weights are installed.
     List(ModelsDirArgs),
-    /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64 (or, with `--model silero-vad`, VAD
-    /// chunks/s on synthetic clips): through a node (submit to result) against the direct candle
-    /// call in the same process.
+    /// Embeddings/s of all-MiniLM-L6-v2 at batch 1, 8 and 64: through a node (submit to result)
+    /// against the direct candle call in the same process. With `--model silero-vad`: VAD chunks/s on
+    /// synthetic clips. With `--model gemma-3-270m`: prefill time and decode tokens/s, direct vs
+    /// through a node, and llama.cpp with `--llama-python`.
     Bench(ModelsBenchArgs),
 }
 
@@ -320,7 +321,8 @@ pub struct ModelsBenchArgs {
         default_value = "1,8,64"
     )]
     pub batches: Vec<usize>,
-    /// Which model to measure: all-minilm-l6-v2 (embeddings/s) or silero-vad (chunks/s).
+    /// Which model to measure: all-minilm-l6-v2 (embeddings/s), silero-vad (chunks/s) or gemma-3-270m
+    /// (tokens/s).
     #[arg(long, value_name = "MODEL", default_value = "all-minilm-l6-v2")]
     pub model: String,
     /// Clip lengths in seconds (silero-vad).
@@ -331,6 +333,23 @@ pub struct ModelsBenchArgs {
         default_value = "10,60"
     )]
     pub clip_seconds: Vec<f64>,
+    /// Gemma: tokens generated per round (greedy).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Gemma: the prompt.
+    #[arg(long, value_name = "TEXT", default_value = "The capital of France is")]
+    pub prompt: String,
+    /// Gemma: a Python with llama-cpp-python installed, to run llama.cpp on the same GGUF and thread
+    /// count in the same run.
+    #[arg(long, value_name = "PATH")]
+    pub llama_python: Option<String>,
+    /// Gemma: the llama.cpp side's script.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "scripts/bench/llama_cpp_gemma.py"
+    )]
+    pub llama_script: PathBuf,
 }
 
 #[derive(Debug, Args)]

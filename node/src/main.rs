@@ -99,6 +99,22 @@ async fn models_command(cmd: cli::ModelsCommand) -> anyhow::Result<()> {
             models_cli::list(&dir_of(&d));
             Ok(())
         }
+        cli::ModelsCommand::Bench(a)
+            if models::find(&a.model).is_some_and(|m| m.name == "gemma-3-270m") =>
+        {
+            let opts = models_cli::GemmaBenchOptions {
+                rounds: a.requests,
+                max_tokens: a.max_tokens,
+                prompt: a.prompt.clone(),
+                llama_python: a.llama_python.clone(),
+                llama_script: a.llama_script.clone(),
+            };
+            let report = models_cli::bench_gemma(&dir_of(&a.dir), &opts)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(())
+        }
         cli::ModelsCommand::Bench(a) => {
             let dir = dir_of(&a.dir);
             let report = match models::find(&a.model).map(|m| m.name) {
@@ -106,7 +122,10 @@ async fn models_command(cmd: cli::ModelsCommand) -> anyhow::Result<()> {
                 Some("silero-vad") => {
                     models_cli::bench_vad(&dir, a.requests, &a.clip_seconds).await
                 }
-                _ => Err(format!("no benchmark for model {:?}", a.model)),
+                _ => Err(format!(
+                    "models bench knows all-minilm-l6-v2, silero-vad and gemma-3-270m, not {:?}",
+                    a.model
+                )),
             }
             .map_err(anyhow::Error::msg)?;
             println!("{report}");

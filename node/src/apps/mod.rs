@@ -8,6 +8,8 @@ pub mod audio;
 pub mod builtin;
 pub mod cli;
 #[cfg(feature = "models")]
+pub mod gemma;
+#[cfg(feature = "models")]
 pub mod minilm;
 pub mod models;
 pub mod onnx;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::models::{self, MINILM, SILERO_VAD};
+use super::models::{self, GEMMA, MINILM, SILERO_VAD};
 use super::pool::WarmPool;
 use super::{App as _, AppRegistry};
 use crate::config::NodeConfig;
@@ -47,6 +47,7 @@ pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
     }
     install_minilm(&mut registry, &pool, &models_dir).await;
     install_vad(&mut registry, &pool, &models_dir).await;
+    install_gemma(&mut registry, &pool, &models_dir).await;
 
     let mut runner_errors = Vec::new();
     for cmd in &cfg.runners {
@@ -123,6 +124,29 @@ async fn install_vad(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std
     }
 }
 
+#[cfg(feature = "models")]
+async fn install_gemma(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
+    use super::gemma::GemmaApp;
+    match models::check_present(dir, &GEMMA) {
+        Ok(model_dir) => {
+            let app = GemmaApp::new(model_dir, pool.clone());
+            if pool.config().policy(GEMMA.name).min_warm > 0 {
+                match app.warm().await {
+                    Ok(()) => info!(model = GEMMA.name, "loaded at start (min_warm)"),
+                    Err(e) => {
+                        registry.mark_unavailable(GemmaApp::app_id(), e.message.clone());
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = registry.register(Arc::new(app)) {
+                error!(error = %e, "gemma-3-270m not registered");
+            }
+        }
+        Err(why) => registry.mark_unavailable(GemmaApp::app_id(), why),
+    }
+}
+
 #[cfg(not(feature = "models"))]
 fn without_models(registry: &mut AppRegistry, model: &models::PinnedModel) {
     let id = runmesh_proto::AppId {
@@ -141,4 +165,9 @@ async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir:
 #[cfg(not(feature = "models"))]
 async fn install_vad(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
     without_models(registry, &SILERO_VAD);
+}
+
+#[cfg(not(feature = "models"))]
+async fn install_gemma(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+    without_models(registry, &GEMMA);
 }
