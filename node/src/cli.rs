@@ -363,7 +363,12 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Node-level rows of the performance issue (each starts its own nodes); without one, the
+    /// queue submit load test below.
+    #[command(subcommand)]
+    pub node: Option<crate::bench_node::NodeBench>,
     /// Base URL of the node to load.
     #[arg(
         long,
@@ -447,6 +452,26 @@ mod tests {
         assert!(b.spawn && b.wait);
         assert_eq!((b.concurrency, b.requests), (8, 50));
         assert!(Cli::try_parse_from(["runmesh", "bench", "--spawn", "--url", "http://x"]).is_err());
+        for (args, quick) in [
+            (&["sync-overhead", "--quick"][..], true),
+            (&["streaming", "--partials", "5"][..], false),
+            (&["idle", "--quick"][..], true),
+        ] {
+            let cli = Cli::try_parse_from(["runmesh", "bench"].iter().chain(args)).unwrap();
+            let Command::Bench(b) = cli.command else {
+                panic!()
+            };
+            use crate::bench_node::NodeBench;
+            let q = match b.node.unwrap() {
+                NodeBench::SyncOverhead(a) => a.quick,
+                NodeBench::Streaming(a) => {
+                    assert_eq!(a.partials, 5);
+                    a.quick
+                }
+                NodeBench::Idle(a) => a.quick,
+            };
+            assert_eq!(q, quick, "{args:?}");
+        }
         assert!(Cli::try_parse_from(["runmesh", "dev", "--http", "nope"]).is_err());
     }
 }

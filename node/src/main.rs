@@ -1,6 +1,7 @@
 //! `runmesh`: the node binary.
 
 mod bench;
+mod bench_node;
 mod cli;
 
 use std::io::{IsTerminal, Write};
@@ -58,9 +59,12 @@ fn real_main() -> anyhow::Result<()> {
                 init_logging(cfg.log_format);
                 serve(cfg).await
             }
-            Command::Bench(args) => {
+            Command::Bench(mut args) => {
                 init_logging(LogFormat::Text);
-                bench::run(args).await
+                match args.node.take() {
+                    Some(rows) => bench_node::run(rows).await,
+                    None => bench::run(args).await,
+                }
             }
             Command::Init(args) => {
                 init_logging(LogFormat::Text);

@@ -222,7 +222,15 @@ impl HttpListener {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         match self {
-            Self::Plain(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Self::Plain(l) => {
+                use axum::serve::ListenerExt as _;
+                // axum leaves Nagle on: a small SSE/WebSocket write behind an unacknowledged one
+                // then waits for the client's delayed ACK (~40 ms), the p99 of `bench streaming`.
+                let l = l.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+            }
             Self::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
         }
     }

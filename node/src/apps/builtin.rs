@@ -144,8 +144,18 @@ impl App for Fail {
 }
 
 /// `runmesh/stream`: `{"n": N, "interval_ms": M}` publishes partials `{"i": k}` for k in 0..N, M ms
-/// apart, then outputs `{"n": N}`.
+/// apart, then outputs `{"n": N}`. With `"stamp": true` each partial also carries `emitted_us`, the
+/// wall-clock time (µs since the Unix epoch) it was published at: `runmesh bench streaming` reads it
+/// on the same host to time emit → client read.
 pub struct Stream;
+
+/// Microseconds since the Unix epoch. Wall-clock on purpose: the reader is another process on the
+/// same host, and monotonic clocks are not comparable across processes.
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 impl Stream {
     fn parse(input: &Value) -> Result<(u64, u64), Vec<FieldError>> {
@@ -167,7 +177,8 @@ impl App for Stream {
     fn manifest(&self) -> AppManifest {
         manifest(
             "stream",
-            "Emits `n` partial outputs {\"i\": k}, `interval_ms` apart, then {\"n\": n}.",
+            "Emits `n` partial outputs {\"i\": k}, `interval_ms` apart, then {\"n\": n} \
+             (`\"stamp\": true` adds `emitted_us`, the emit time in µs since the epoch).",
             true,
         )
     }
@@ -180,6 +191,7 @@ impl App for Stream {
         Box::pin(async move {
             let (n, interval_ms) = Stream::parse(&input)
                 .map_err(|_| AppError::runner("invalid input for runmesh/stream"))?;
+            let stamp = input.get("stamp").and_then(Value::as_bool) == Some(true);
             for i in 0..n {
                 // The first partial goes out at once: a listener is already subscribed.
                 if i > 0 && !ctx.sleep_ms(interval_ms).await {
@@ -188,7 +200,11 @@ impl App for Stream {
                 if ctx.is_cancelled() {
                     return Err(AppError::cancelled());
                 }
-                ctx.partial(&json!({ "i": i }));
+                if stamp {
+                    ctx.partial(&json!({ "i": i, "emitted_us": wall_us() }));
+                } else {
+                    ctx.partial(&json!({ "i": i }));
+                }
             }
             ctx.info(format!("streamed {n} partial outputs"));
             Ok(json!({ "n": n }))
@@ -327,6 +343,27 @@ mod tests {
             got,
             [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#, r#"{"i":3}"#]
         );
+    }
+
+    #[tokio::test]
+    async fn stamped_partials_carry_their_emit_time() {
+        let mut t = testing::job("runmesh/stream");
+        let before = wall_us();
+        let out = Stream
+            .run(t.ctx, json!({"n": 2, "interval_ms": 0, "stamp": true}))
+            .await
+            .unwrap();
+        let after = wall_us();
+        assert_eq!(out, json!({"n": 2}));
+        for i in 0..2 {
+            let p: Value = serde_json::from_str(&t.partials.try_recv().unwrap()).unwrap();
+            assert_eq!(p["i"], i);
+            let at = p["emitted_us"].as_u64().unwrap();
+            assert!(
+                (before..=after).contains(&at),
+                "{before} <= {at} <= {after}"
+            );
+        }
     }
 
     #[tokio::test]
