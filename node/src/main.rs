@@ -1,6 +1,7 @@
 //! `runmesh`: the node binary.
 
 mod bench;
+mod bench_cluster;
 mod cli;
 
 use std::io::{IsTerminal, Write};
@@ -60,7 +61,12 @@ fn real_main() -> anyhow::Result<()> {
             }
             Command::Bench(args) => {
                 init_logging(LogFormat::Text);
-                bench::run(args).await
+                match args.scenario {
+                    Some(cli::BenchScenario::Cluster(a)) => bench_cluster::cluster(a).await,
+                    Some(cli::BenchScenario::Failover(a)) => bench_cluster::failover(a).await,
+                    Some(cli::BenchScenario::Placements(a)) => bench_cluster::placements(a).await,
+                    None => bench::run(args).await,
+                }
             }
             Command::Init(args) => {
                 init_logging(LogFormat::Text);
@@ -413,6 +419,21 @@ fn init_node(args: cli::InitArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = layer.slots {
         text += &format!("slots = {n}\n");
+    }
+    for (k, v) in [
+        ("raft_heartbeat_ms", layer.raft_heartbeat_ms),
+        (
+            "raft_election_timeout_min_ms",
+            layer.raft_election_timeout_min_ms,
+        ),
+        (
+            "raft_election_timeout_max_ms",
+            layer.raft_election_timeout_max_ms,
+        ),
+    ] {
+        if let Some(v) = v {
+            text += &format!("{k} = {v}\n");
+        }
     }
     let mut secret = layer.cluster_secret.as_ref().map(|s| s.0.clone());
     if secret.is_none() && args.generate_secret {
