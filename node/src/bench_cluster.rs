@@ -881,17 +881,14 @@ pub async fn failover(args: FailoverBenchArgs) -> anyhow::Result<()> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = percentile(&sorted, 0.5);
+    let t = runmesh_node::config::RaftTiming::from_keys(
+        args.opts.raft_heartbeat_ms,
+        args.opts.raft_election_timeout_min_ms,
+        args.opts.raft_election_timeout_max_ms,
+    );
     println!(
-        "failover on 3 voters, loopback (Raft heartbeat {}, election timeout {}..{} ms): leader kill -9 -> first acknowledged submit sent after it",
-        args.opts
-            .raft_heartbeat_ms
-            .map_or("default".to_string(), |v| format!("{v} ms")),
-        args.opts
-            .raft_election_timeout_min_ms
-            .map_or("default".to_string(), |v| v.to_string()),
-        args.opts
-            .raft_election_timeout_max_ms
-            .map_or("default".to_string(), |v| v.to_string()),
+        "failover on 3 voters, loopback (Raft heartbeat {} ms, election timeout {}..{} ms): leader kill -9 -> first acknowledged submit sent after it",
+        t.heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
     );
     println!("| kill | ms |");
     println!("|---:|---:|");
@@ -1003,7 +1000,12 @@ async fn failover_runs(
             .is_err()
         {
             if Instant::now() > deadline {
-                bail!("the restarted node takes no writes");
+                // Not this figure's concern; the next kill still waits for 3 agreeing voters.
+                eprintln!(
+                    "kill {}: the restarted node took no write within {MEMBERSHIP_TIMEOUT:?}",
+                    k + 1
+                );
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
