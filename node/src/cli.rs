@@ -197,6 +197,20 @@ pub struct NodeArgs {
     /// Interval of the `: ping` keep-alive comments on SSE responses [default: 15000].
     #[arg(long, value_name = "MS", env = "RUNMESH_SSE_KEEPALIVE_MS")]
     pub sse_keepalive_ms: Option<u64>,
+    /// Raft leader heartbeat in ms (mesh nodes); also the AppendEntries timeout, so keep it above
+    /// the slowest round trip between voters [default: 300].
+    #[arg(long, value_name = "MS", env = "RUNMESH_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Shortest election timeout in ms, at least 2 heartbeats [default: 7/3 of the heartbeat].
+    #[arg(long, value_name = "MS", env = "RUNMESH_RAFT_ELECTION_TIMEOUT_MIN_MS")]
+    pub raft_election_timeout_min_ms: Option<u64>,
+    /// Longest election timeout in ms, above the shortest [default: twice the shortest].
+    #[arg(long, value_name = "MS", env = "RUNMESH_RAFT_ELECTION_TIMEOUT_MAX_MS")]
+    pub raft_election_timeout_max_ms: Option<u64>,
+    /// While this file exists, this node places no queued jobs when it leads (they keep queueing
+    /// and run once it is removed): a hold on the queue for maintenance. Give every voter the same.
+    #[arg(long, value_name = "FILE", env = "RUNMESH_DISPATCH_HOLD_FILE")]
+    pub dispatch_hold_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -241,6 +255,10 @@ impl NodeArgs {
             large_result_retention_ms: self.large_result_retention_ms,
             realtime_idle_timeout_ms: self.realtime_idle_timeout_ms,
             sse_keepalive_ms: self.sse_keepalive_ms,
+            raft_heartbeat_ms: self.raft_heartbeat_ms,
+            raft_election_timeout_min_ms: self.raft_election_timeout_min_ms,
+            raft_election_timeout_max_ms: self.raft_election_timeout_max_ms,
+            dispatch_hold_file: self.dispatch_hold_file.clone(),
         }
     }
 }
@@ -365,10 +383,9 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
-    /// Node-level rows of the performance issue (each starts its own nodes); without one, the
-    /// queue submit load test below.
+    /// Benchmarks that start their own nodes (without one: load a single node, below).
     #[command(subcommand)]
-    pub node: Option<crate::bench_node::NodeBench>,
+    pub scenario: Option<BenchScenario>,
     /// Base URL of the node to load.
     #[arg(
         long,
@@ -404,6 +421,106 @@ pub struct BenchArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, value_name = "S", default_value_t = 120)]
     pub timeout_s: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchScenario {
+    /// Durable submits/s and latency on a 3-node runmesh cluster against a 3-member etcd cluster
+    /// (`etcd` from Debian's etcd-server), both on loopback with data on disk, driven by the same
+    /// load tool: runmesh/echo queue submits against etcd JSON-gateway PUTs of the same value.
+    Cluster(ClusterBenchArgs),
+    /// Failover: kill -9 the leader of a 3-node cluster, time the first acknowledged submit among
+    /// those sent after the kill, restart the node, repeat.
+    Failover(FailoverBenchArgs),
+    /// Scheduler placements/s: fill the queue of a 3-node cluster while dispatch is held, release
+    /// it, and time how fast the leader assigns every job.
+    Placements(PlacementsBenchArgs),
+    /// Node-level rows: sync overhead, streaming latency, idle node.
+    #[command(flatten)]
+    Node(crate::bench_node::NodeBench),
+}
+
+/// Options every cluster benchmark shares.
+#[derive(Debug, Args)]
+pub struct ClusterOpts {
+    /// Where the nodes' data dirs go (kept afterwards) [default: a temp dir, removed].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Bytes of padding in each job input (and etcd value): `{"pad": "xx…"}`.
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Raft heartbeat of the runmesh nodes [default: the node's].
+    #[arg(long, value_name = "MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Shortest Raft election timeout of the runmesh nodes [default: the node's].
+    #[arg(long, value_name = "MS")]
+    pub raft_election_timeout_min_ms: Option<u64>,
+    /// Longest Raft election timeout of the runmesh nodes [default: the node's].
+    #[arg(long, value_name = "MS")]
+    pub raft_election_timeout_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterBenchArgs {
+    #[command(flatten)]
+    pub opts: ClusterOpts,
+    /// Concurrent clients, one run per value and side.
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "C,C,...",
+        value_delimiter = ',',
+        default_value = "1,16,256"
+    )]
+    pub concurrency: Vec<usize>,
+    /// Seconds each run lasts.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Rounds over every C; the side that goes first alternates.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub rounds: usize,
+    /// Send every request to the leader instead of spreading the clients over the members.
+    #[arg(long)]
+    pub leader_only: bool,
+    /// Slots of each runmesh node (the echo jobs run while the submits do).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub slots: usize,
+    /// The etcd binary.
+    #[arg(long, value_name = "PATH", default_value = "etcd")]
+    pub etcd: String,
+    /// A short run for CI: 1 s per run, one round.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverBenchArgs {
+    #[command(flatten)]
+    pub opts: ClusterOpts,
+    /// Leader kills.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub kills: usize,
+    /// Load before each kill, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub before_kill_ms: u64,
+    /// Pause after the killed node is back before the next kill, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Two kills only, for CI.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlacementsBenchArgs {
+    #[command(flatten)]
+    pub opts: ClusterOpts,
+    /// Jobs queued before the release (each node gets a third of them as slots; at most 3072).
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    pub jobs: usize,
+    /// 300 jobs, for CI.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[cfg(test)]
@@ -462,7 +579,10 @@ mod tests {
                 panic!()
             };
             use crate::bench_node::NodeBench;
-            let q = match b.node.unwrap() {
+            let Some(BenchScenario::Node(rows)) = b.scenario else {
+                panic!("{args:?} is a node row")
+            };
+            let q = match rows {
                 NodeBench::SyncOverhead(a) => a.quick,
                 NodeBench::Streaming(a) => {
                     assert_eq!(a.partials, 5);
@@ -472,6 +592,37 @@ mod tests {
             };
             assert_eq!(q, quick, "{args:?}");
         }
+        let cli = Cli::try_parse_from([
+            "runmesh",
+            "bench",
+            "cluster",
+            "-c",
+            "1,16",
+            "--quick",
+            "--raft-heartbeat-ms",
+            "50",
+        ])
+        .unwrap();
+        let Command::Bench(BenchArgs {
+            scenario: Some(BenchScenario::Cluster(c)),
+            ..
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(c.concurrency, [1, 16]);
+        assert!(c.quick);
+        assert_eq!(c.opts.raft_heartbeat_ms, Some(50));
+        let cli = Cli::try_parse_from(["runmesh", "bench", "failover", "--kills", "3"]).unwrap();
+        let Command::Bench(BenchArgs {
+            scenario: Some(BenchScenario::Failover(f)),
+            ..
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(f.kills, 3);
+        assert!(Cli::try_parse_from(["runmesh", "bench", "placements", "--jobs", "9"]).is_ok());
         assert!(Cli::try_parse_from(["runmesh", "dev", "--http", "nope"]).is_err());
     }
 }

@@ -25,6 +25,16 @@ pub const BODY_LIMIT_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Raft voters the leader promotes learners to (the rest stay learners).
 pub const DEFAULT_VOTERS: usize = 3;
 pub const VOTERS_MAX: usize = 15;
+/// Raft leader heartbeat in a mesh. openraft also times an AppendEntries out at this period, so
+/// it must exceed the slowest round trip between voters plus a follower's disk flush: 300 ms
+/// holds across continents (a 100 ms heartbeat broke clusters with >100 ms RTT in simulation).
+pub const DEFAULT_RAFT_HEARTBEAT_MS: u64 = 300;
+pub const RAFT_HEARTBEAT_MS_MIN: u64 = 10;
+pub const RAFT_HEARTBEAT_MS_MAX: u64 = 60_000;
+/// Election timeouts may not be shorter than this many heartbeats: a follower must miss at least
+/// two before it deposes a leader.
+pub const RAFT_ELECTION_HEARTBEATS_MIN: u64 = 2;
+pub const RAFT_ELECTION_TIMEOUT_MS_MAX: u64 = 600_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +115,14 @@ pub struct ConfigFile {
     pub realtime_idle_timeout_ms: Option<u64>,
     /// Interval of `: ping` comments on SSE responses [15 s, as fal].
     pub sse_keepalive_ms: Option<u64>,
+    // --- Raft timing in a mesh (see docs/OPERATIONS.md, "Raft timing") ---
+    /// Leader heartbeat period, also the AppendEntries timeout.
+    pub raft_heartbeat_ms: Option<u64>,
+    /// A follower hearing no leader for a random time in [min, max) starts an election.
+    pub raft_election_timeout_min_ms: Option<u64>,
+    pub raft_election_timeout_max_ms: Option<u64>,
+    /// While this file exists, this node (when it leads) places no queued jobs.
+    pub dispatch_hold_file: Option<PathBuf>,
 }
 
 /// A secret string: never printed by `Debug`.
@@ -169,6 +187,14 @@ impl ConfigFile {
                 .realtime_idle_timeout_ms
                 .or(self.realtime_idle_timeout_ms),
             sse_keepalive_ms: other.sse_keepalive_ms.or(self.sse_keepalive_ms),
+            raft_heartbeat_ms: other.raft_heartbeat_ms.or(self.raft_heartbeat_ms),
+            raft_election_timeout_min_ms: other
+                .raft_election_timeout_min_ms
+                .or(self.raft_election_timeout_min_ms),
+            raft_election_timeout_max_ms: other
+                .raft_election_timeout_max_ms
+                .or(self.raft_election_timeout_max_ms),
+            dispatch_hold_file: other.dispatch_hold_file.or(self.dispatch_hold_file),
         }
     }
 }
@@ -200,6 +226,85 @@ pub struct NodeConfig {
     pub pool: crate::apps::pool::PoolConfig,
     /// fal compatibility: TLS, auth, rate limits, webhooks.
     pub compat: CompatConfig,
+    /// Raft timing of a mesh node (a lone node keeps the job log's own, shorter timing).
+    pub raft_timing: RaftTiming,
+    pub dispatch_hold_file: Option<PathBuf>,
+}
+
+/// Raft heartbeat and election timeouts of a mesh node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self::from_keys(None, None, None)
+    }
+}
+
+impl RaftTiming {
+    /// Unset keys follow from the ones given: min = 7/3 of the heartbeat, max = 2 x min (300 ms
+    /// gives 700..1400 ms), so changing only the heartbeat keeps the ratios that are known to work.
+    pub fn from_keys(heartbeat: Option<u64>, min: Option<u64>, max: Option<u64>) -> Self {
+        let heartbeat_ms = heartbeat.unwrap_or(DEFAULT_RAFT_HEARTBEAT_MS);
+        let (min, max) = match (min, max) {
+            (Some(lo), Some(hi)) => (lo, hi),
+            (Some(lo), None) => (lo, lo.saturating_mul(2)),
+            (None, Some(hi)) => (hi / 2, hi),
+            (None, None) => {
+                let lo = heartbeat_ms.saturating_mul(7).div_ceil(3);
+                (lo, lo.saturating_mul(2))
+            }
+        };
+        Self {
+            heartbeat_ms,
+            election_timeout_min_ms: min,
+            election_timeout_max_ms: max,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let out = |key, value: u64, range: String| ConfigError::OutOfRange {
+            key,
+            value: value.to_string(),
+            range,
+        };
+        let hb = self.heartbeat_ms;
+        if !(RAFT_HEARTBEAT_MS_MIN..=RAFT_HEARTBEAT_MS_MAX).contains(&hb) {
+            return Err(out(
+                "raft_heartbeat_ms",
+                hb,
+                format!("{RAFT_HEARTBEAT_MS_MIN}..={RAFT_HEARTBEAT_MS_MAX}"),
+            ));
+        }
+        let lo = self.election_timeout_min_ms;
+        let floor = hb.saturating_mul(RAFT_ELECTION_HEARTBEATS_MIN);
+        if lo < floor || lo > RAFT_ELECTION_TIMEOUT_MS_MAX {
+            return Err(out(
+                "raft_election_timeout_min_ms",
+                lo,
+                format!(
+                    "{floor}..={RAFT_ELECTION_TIMEOUT_MS_MAX}: at least \
+                     {RAFT_ELECTION_HEARTBEATS_MIN} heartbeats of {hb} ms"
+                ),
+            ));
+        }
+        let hi = self.election_timeout_max_ms;
+        if hi <= lo || hi > RAFT_ELECTION_TIMEOUT_MS_MAX {
+            return Err(out(
+                "raft_election_timeout_max_ms",
+                hi,
+                format!(
+                    "{}..={RAFT_ELECTION_TIMEOUT_MS_MAX}: above the minimum",
+                    lo + 1
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// TLS, auth and webhook settings of a node (issue 5).
@@ -365,6 +470,12 @@ impl NodeConfig {
             gpus: c.gpus.filter(|g| !g.trim().is_empty()),
             runners: c.runners.unwrap_or_default(),
             pool: c.models.map(Into::into).unwrap_or_default(),
+            raft_timing: RaftTiming::from_keys(
+                c.raft_heartbeat_ms,
+                c.raft_election_timeout_min_ms,
+                c.raft_election_timeout_max_ms,
+            ),
+            dispatch_hold_file: c.dispatch_hold_file,
         };
         cfg.check()?;
         Ok(cfg)
@@ -395,6 +506,7 @@ impl NodeConfig {
             BODY_LIMIT_BYTES_MAX,
         )?;
         range("voters", self.voters, 1, VOTERS_MAX)?;
+        self.raft_timing.check()?;
         if let Some(g) = &self.gpus {
             crate::gpu::parse_gpu_spec(g).map_err(|e| ConfigError::Parse(format!("gpus: {e}")))?;
         }
@@ -421,6 +533,7 @@ impl NodeConfig {
         WorkerConfig {
             slots: self.slots,
             lease_ms: self.lease_ms,
+            dispatch_hold_file: self.dispatch_hold_file.clone(),
             ..WorkerConfig::default()
         }
     }
@@ -560,10 +673,76 @@ mod tests {
     }
 
     #[test]
+    fn raft_timing_defaults_follow_the_heartbeat_and_are_checked() {
+        let t = |text: &str| NodeConfig::resolve(ConfigFile::parse(text).unwrap(), false);
+        let d = t("").unwrap().raft_timing;
+        assert_eq!(d, RaftTiming::default());
+        assert_eq!(
+            (
+                d.heartbeat_ms,
+                d.election_timeout_min_ms,
+                d.election_timeout_max_ms
+            ),
+            (300, 700, 1400)
+        );
+        let lan = t("raft_heartbeat_ms = 30").unwrap().raft_timing;
+        assert_eq!(
+            (lan.election_timeout_min_ms, lan.election_timeout_max_ms),
+            (70, 140)
+        );
+        let given = t(
+            "raft_heartbeat_ms = 50\nraft_election_timeout_min_ms = 150\n\
+                       raft_election_timeout_max_ms = 300",
+        )
+        .unwrap()
+        .raft_timing;
+        assert_eq!(
+            (
+                given.heartbeat_ms,
+                given.election_timeout_min_ms,
+                given.election_timeout_max_ms
+            ),
+            (50, 150, 300)
+        );
+        assert_eq!(
+            t("raft_election_timeout_min_ms = 900")
+                .unwrap()
+                .raft_timing
+                .election_timeout_max_ms,
+            1800
+        );
+        // An election sooner than two heartbeats, max not above min, silly values: refused.
+        for bad in [
+            "raft_heartbeat_ms = 5",
+            "raft_heartbeat_ms = 100000",
+            "raft_heartbeat_ms = 300\nraft_election_timeout_min_ms = 500",
+            "raft_election_timeout_min_ms = 800\nraft_election_timeout_max_ms = 800",
+            "raft_election_timeout_max_ms = 100",
+            "raft_election_timeout_min_ms = 700\nraft_election_timeout_max_ms = 9000000",
+        ] {
+            let e = t(bad).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::OutOfRange { key, .. } if key.starts_with("raft_")),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../configs/dev.toml");
         let c = NodeConfig::resolve(ConfigFile::parse(text).unwrap(), true).unwrap();
         assert_eq!(c.slots, 4);
+        let text = include_str!("../../configs/mesh.toml");
+        // Its secret comes from the environment.
+        let secret = ConfigFile {
+            cluster_secret: Some(Secret("s".into())),
+            ..ConfigFile::default()
+        };
+        let c =
+            NodeConfig::resolve(ConfigFile::parse(text).unwrap().overlay(secret), true).unwrap();
+        assert_eq!(c.raft_timing, RaftTiming::default());
+        assert_eq!(c.raft.unwrap().port(), 9001);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_node;
+mod bench_cluster;
 mod cli;
 
 use std::io::{IsTerminal, Write};
@@ -61,8 +62,11 @@ fn real_main() -> anyhow::Result<()> {
             }
             Command::Bench(mut args) => {
                 init_logging(LogFormat::Text);
-                match args.node.take() {
-                    Some(rows) => bench_node::run(rows).await,
+                match args.scenario.take() {
+                    Some(cli::BenchScenario::Cluster(a)) => bench_cluster::cluster(a).await,
+                    Some(cli::BenchScenario::Failover(a)) => bench_cluster::failover(a).await,
+                    Some(cli::BenchScenario::Placements(a)) => bench_cluster::placements(a).await,
+                    Some(cli::BenchScenario::Node(rows)) => bench_node::run(rows).await,
                     None => bench::run(args).await,
                 }
             }
@@ -453,6 +457,21 @@ fn init_node(args: cli::InitArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = layer.slots {
         text += &format!("slots = {n}\n");
+    }
+    for (k, v) in [
+        ("raft_heartbeat_ms", layer.raft_heartbeat_ms),
+        (
+            "raft_election_timeout_min_ms",
+            layer.raft_election_timeout_min_ms,
+        ),
+        (
+            "raft_election_timeout_max_ms",
+            layer.raft_election_timeout_max_ms,
+        ),
+    ] {
+        if let Some(v) = v {
+            text += &format!("{k} = {v}\n");
+        }
     }
     let mut secret = layer.cluster_secret.as_ref().map(|s| s.0.clone());
     if secret.is_none() && args.generate_secret {

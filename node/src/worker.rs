@@ -56,6 +56,10 @@ pub struct WorkerConfig {
     pub cancel_grace_ms: u64,
     /// Assignments proposed per dispatch round (they share Raft entries).
     pub assign_batch_max: usize,
+    /// While this file exists the dispatcher places nothing (jobs keep queueing): an operator's
+    /// hold on the queue, e.g. while workers are upgraded, and how `runmesh bench placements`
+    /// fills a queue before timing how fast the leader drains it.
+    pub dispatch_hold_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +72,7 @@ impl Default for WorkerConfig {
             log_batch_max: 64,
             cancel_grace_ms: 2_000,
             assign_batch_max: 256,
+            dispatch_hold_file: None,
         }
     }
 }
@@ -443,6 +448,15 @@ impl Dispatcher {
 
     /// One dispatch round. Returns false when a proposal failed (the caller backs off).
     async fn round(&self) -> bool {
+        if self
+            .cfg
+            .dispatch_hold_file
+            .as_deref()
+            .is_some_and(std::path::Path::exists)
+        {
+            // Held: looked at again on the next poll tick.
+            return false;
+        }
         let adverts = self.mesh.up_adverts();
         let members = runmesh_gateway_node::RaftMembership::read(&self.joblog);
         let voters_and_learners: BTreeSet<NodeId> =

@@ -680,10 +680,30 @@ impl Committer {
                 )));
             }
             tracing::debug!(%reason, ?backoff, "write not committed yet; retrying");
-            tokio::time::sleep(backoff).await;
+            self.leader_change_or(backoff).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             redirects = 0;
         }
+    }
+
+    /// Sleeps for `backoff`, or less: until this node learns of a leader other than the one it
+    /// knew (an election ended). Failover then costs the election, not the election rounded up
+    /// to the next back-off step.
+    async fn leader_change_or(&self, backoff: Duration) {
+        let mut metrics = self.raft.metrics();
+        let known = metrics.borrow_and_update().current_leader;
+        let changed = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let now = metrics.borrow_and_update().current_leader;
+                if now.is_some() && now != known {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(backoff, changed).await;
     }
 
     fn sole_member(&self) -> bool {

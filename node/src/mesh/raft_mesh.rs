@@ -12,17 +12,12 @@ use runmesh_raft::{JobLog, JobLogConfig, JobLogError};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::config::RaftTiming;
 use crate::identity::NodeIdentity;
 use crate::mesh::join::{join_cluster, Admission, ClusterSecret, JoinError};
 use crate::mesh::membership::{decide, MemberHealth, MembershipPolicy};
 use crate::mesh::raft_quic::{QuicError, QuicRaft, QuicTransport};
 
-/// Raft timing in a mesh. openraft times AppendEntries out at the heartbeat period (a timeout only
-/// means a retry), and a follower calls an election after `election_timeout_max` (the leader's
-/// lease) plus a random election timeout of silence: about 2 to 3 s here, which is what failover
-/// costs.
-pub const MESH_HEARTBEAT_MS: u64 = 300;
-pub const MESH_ELECTION_TIMEOUT_MS: (u64, u64) = (700, 1_400);
 /// How often the leader reconsiders the voter set.
 const CONTROLLER_EVERY: Duration = Duration::from_secs(1);
 /// A learner this many entries behind the leader is not promoted yet.
@@ -44,6 +39,11 @@ pub struct RaftMeshConfig {
     pub policy: MembershipPolicy,
     /// Give up joining after this long (the bootstrap node may start after this one).
     pub join_timeout: Duration,
+    /// Heartbeat and election timeouts. openraft times AppendEntries out at the heartbeat period
+    /// (a timeout only means a retry), and a follower calls an election after
+    /// `election_timeout_max` (the leader's lease) plus its random election timeout of silence,
+    /// checked every 1.5 heartbeats: that sum is what failover costs.
+    pub timing: RaftTiming,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +131,11 @@ impl RaftMesh {
         jl.node_id = me;
         jl.raft_addr = record.clone();
         jl.bootstrap_single = cfg.bootstrap.is_none();
-        // Across machines (and on loaded ones) 100 ms per AppendEntries is too tight: openraft
-        // times replication out at the heartbeat period and followers would call elections.
-        jl.heartbeat_ms = MESH_HEARTBEAT_MS;
-        jl.election_timeout_ms = MESH_ELECTION_TIMEOUT_MS;
+        jl.heartbeat_ms = cfg.timing.heartbeat_ms;
+        jl.election_timeout_ms = (
+            cfg.timing.election_timeout_min_ms,
+            cfg.timing.election_timeout_max_ms,
+        );
         jl.apply_wait = Duration::from_secs(10);
         // Room for an election plus a retry at the new leader before a client hears 503.
         jl.write_timeout = Duration::from_secs(20);
@@ -325,6 +326,7 @@ pub async fn open_job_log(
             ..MembershipPolicy::default()
         },
         join_timeout: JOIN_TIMEOUT,
+        timing: cfg.raft_timing,
     };
     let (joblog, mesh) = RaftMesh::start(identity, mesh_cfg, clock).await?;
     Ok((joblog, Some(mesh)))
