@@ -1,8 +1,8 @@
 //! `runmesh`: the node binary.
 
 mod bench;
-mod bench_node;
 mod bench_cluster;
+mod bench_node;
 mod cli;
 
 use std::io::{IsTerminal, Write};
