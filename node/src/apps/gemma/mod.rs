@@ -531,7 +531,11 @@ mod tests {
         let g = Gemma::load(&dir, &Device::Cpu).unwrap();
         // The second case is longer than the 512-token sliding window: local layers must mask
         // (prefill) and trim their cache (decode).
-        for reference in &cases {
+        let long = std::env::var_os("RUNMESH_GEMMA_LONG").is_some_and(|v| v == "1");
+        for reference in cases
+            .iter()
+            .filter(|c| long || !c["opt_in"].as_bool().unwrap_or(false))
+        {
             let ids = g.encode(reference["prompt"].as_str().unwrap());
             let want_ids: Vec<u32> = serde_json::from_value(reference["ids"].clone()).unwrap();
             assert_eq!(ids, want_ids);
