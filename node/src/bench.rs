@@ -270,15 +270,7 @@ async fn spawn_node(slots: Option<usize>) -> anyhow::Result<SpawnedNode> {
         .context("starting the node")?;
     let stdout = child.stdout.take().context("node stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(SPAWN_READY_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(url) = line.strip_prefix("runmesh listening on ") {
-                return Ok::<_, std::io::Error>(Some(url.trim().to_string()));
-            }
-        }
-        Ok(None)
-    })
-    .await;
+    let ready = listening_url(&mut lines, SPAWN_READY_TIMEOUT).await;
     let url = match ready {
         Ok(Ok(Some(url))) => url,
         Ok(Ok(None)) => bail!("the spawned node exited before it listened"),
@@ -293,6 +285,23 @@ async fn spawn_node(slots: Option<usize>) -> anyhow::Result<SpawnedNode> {
         child,
         _dir: dir,
     })
+}
+
+/// Reads a spawned node's stdout until its `runmesh listening on URL` line, within `limit`: the URL,
+/// `None` if the node exited first, or the read error / time-out.
+pub(crate) async fn listening_url<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    limit: Duration,
+) -> Result<std::io::Result<Option<String>>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(url) = line.strip_prefix("runmesh listening on ") {
+                return Ok(Some(url.trim().to_string()));
+            }
+        }
+        Ok(None)
+    })
+    .await
 }
 
 #[cfg(test)]

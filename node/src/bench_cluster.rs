@@ -137,15 +137,7 @@ impl MeshNode {
             .context("starting a runmesh node")?;
         let stdout = child.stdout.take().context("node stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(NODE_START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("runmesh listening on ") {
-                    return Ok::<_, std::io::Error>(Some(url.trim().to_string()));
-                }
-            }
-            Ok(None)
-        })
-        .await;
+        let ready = crate::bench::listening_url(&mut lines, NODE_START_TIMEOUT).await;
         let url = match ready {
             Ok(Ok(Some(url))) => url,
             _ => bail!(

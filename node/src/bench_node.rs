@@ -210,15 +210,7 @@ impl NodeProc {
             .context("starting a node")?;
         let stdout = child.stdout.take().context("node stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(READY_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("runmesh listening on ") {
-                    return Ok::<_, std::io::Error>(Some(url.trim().to_string()));
-                }
-            }
-            Ok(None)
-        })
-        .await;
+        let ready = crate::bench::listening_url(&mut lines, READY_TIMEOUT).await;
         let url = match ready {
             Ok(Ok(Some(url))) => url,
             Ok(Ok(None)) => bail!("a spawned node exited before it listened"),
