@@ -412,8 +412,10 @@ impl RateLimiter {
 /// What `route` needs from its caller.
 pub fn need_of(route: &Route) -> Need {
     match route {
-        Route::Health | Route::Jwks => Need::Public,
-        Route::AdminKeys
+        // A blob's URL is its hash: whoever holds the URL may read it (as with fal's CDN URLs).
+        Route::Health | Route::Jwks | Route::File { .. } => Need::Public,
+        Route::DeleteIo { .. }
+        | Route::AdminKeys
         | Route::AdminKeyRevoke { .. }
         | Route::AdminWebhooksFailed
         | Route::AdminWebhookRetry { .. } => Need::Admin,

@@ -13,6 +13,7 @@ mod admin;
 mod admin_keys;
 pub mod auth;
 pub mod errors;
+pub mod files;
 pub mod partials;
 pub mod proxy;
 mod queue;
@@ -68,6 +69,8 @@ pub struct GatewayConfig {
     pub proxy_path: Option<String>,
     /// Interval of the `: ping` comments on SSE responses.
     pub sse_keepalive_ms: u64,
+    /// The node's blob store behind `/files/` and uploads (without it those answer 404/503).
+    pub files: Option<files::FilesHandle>,
 }
 
 /// Default `Idempotency-Key` window: 24 hours.
@@ -87,6 +90,7 @@ impl Default for GatewayConfig {
             https: false,
             proxy_path: Some(proxy::PROXY_PATH_DEFAULT.to_string()),
             sse_keepalive_ms: stream::KEEPALIVE_INTERVAL.as_millis() as u64,
+            files: None,
         }
     }
 }
@@ -208,7 +212,8 @@ async fn envelope(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-        } else {
+        } else if !resp.headers().contains_key(header::CONTENT_TYPE) {
+            // Files keep their own type; everything else of ours is JSON.
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -333,5 +338,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Route::UnknownModel { path } => ApiError::ModelNotFound(path).into_response(),
         Route::MethodNotAllowed { allow } => ApiError::MethodNotAllowed { allow }.into_response(),
         Route::NotFound => ApiError::NotFound.into_response(),
+        Route::File { hash, file_name } => {
+            files::get(&state, &hash, file_name.as_deref(), req).await
+        }
+        Route::Upload => files::upload(&state, &ctx, req).await,
+        Route::DeleteIo { id } => files::delete_io(&state, &id).await,
     }
 }

@@ -184,6 +184,17 @@ pub enum Route {
         allow: &'static str,
     },
     NotFound,
+    /// `GET|HEAD /files/{hash}[/{file_name}]`: a blob, from this node or fetched from a peer.
+    File {
+        hash: String,
+        file_name: Option<String>,
+    },
+    /// `POST /storage/upload` (and fal's CDN shape `POST /files/upload`): raw bytes in, a URL out.
+    Upload,
+    /// `DELETE /admin/requests/{id}/io`: fal's "delete IO" (inputs and outputs of a finished job).
+    DeleteIo {
+        id: String,
+    },
 }
 
 impl Route {
@@ -239,6 +250,29 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
                 &Method::POST,
                 "POST",
                 Route::AdminWebhookRetry { id: id.to_string() },
+            )
+        }
+        ["files", "upload"] | ["storage", "upload"] => {
+            return only(method, &Method::POST, "POST", Route::Upload)
+        }
+        ["files", hash] | ["files", hash, _] => {
+            let file_name = segments.get(2).map(|n| n.to_string());
+            let route = Route::File {
+                hash: hash.to_string(),
+                file_name,
+            };
+            return if method == Method::GET || method == Method::HEAD {
+                route
+            } else {
+                Route::MethodNotAllowed { allow: "GET, HEAD" }
+            };
+        }
+        ["admin", "requests", id, "io"] => {
+            return only(
+                method,
+                &Method::DELETE,
+                "DELETE",
+                Route::DeleteIo { id: id.to_string() },
             )
         }
         [] => return Route::NotFound,

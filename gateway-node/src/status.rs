@@ -240,6 +240,9 @@ pub(crate) mod tests {
             started_at_ms: Some(1_100),
             inference_time_ms: Some(1_500),
             last_worker: None,
+            files: Vec::new(),
+            io_deleted_at_ms: None,
+            deleted_hashes: Vec::new(),
         }
     }
 

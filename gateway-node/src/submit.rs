@@ -236,7 +236,7 @@ pub(crate) async fn prepare(
         } else {
             parse_input(&bytes)?
         };
-    build_spec(
+    let mut spec = build_spec(
         state,
         ctx.fresh_id.clone(),
         caller,
@@ -245,7 +245,34 @@ pub(crate) async fn prepare(
         &input,
         opts,
         mode,
-    )
+    )?;
+    spec.input_json = offload_input(state, spec.input_json).await?;
+    Ok(spec)
+}
+
+/// Inputs larger than this go into the blob store; the Raft entry keeps a reference.
+pub const INLINE_INPUT_MAX_BYTES: usize = 64 * 1024;
+/// The key of an input kept as a blob: `{"$runmesh_input": "/files/<hash>/input.json"}`.
+pub const INPUT_BLOB_KEY: &str = "$runmesh_input";
+
+/// A large input becomes a blob (validated already), so the Raft log carries 100 bytes, not megabytes.
+async fn offload_input(state: &AppState, input_json: String) -> Result<String, ApiError> {
+    let Some(files) = state.config.files.as_ref().map(|h| h.0.clone()) else {
+        return Ok(input_json);
+    };
+    if input_json.len() <= INLINE_INPUT_MAX_BYTES {
+        return Ok(input_json);
+    }
+    let body = futures::stream::once(async move { Ok(Bytes::from(input_json)) });
+    let file = files
+        .upload(
+            futures::StreamExt::boxed(body),
+            "application/json".into(),
+            "input.json".into(),
+        )
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("storing the input: {e}")))?;
+    Ok(json!({ INPUT_BLOB_KEY: crate::files::file_path(&file) }).to_string())
 }
 
 /// A job spec from a parsed input and options: input validated against the app, queue limit

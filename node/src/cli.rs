@@ -211,6 +211,29 @@ pub struct NodeArgs {
     /// and run once it is removed): a hold on the queue for maintenance. Give every voter the same.
     #[arg(long, value_name = "FILE", env = "RUNMESH_DISPATCH_HOLD_FILE")]
     pub dispatch_hold_file: Option<PathBuf>,
+    /// Blob (artifact transfer) QUIC listen address [default: the --p2p port + 2; alone:
+    /// 127.0.0.1 on a free port].
+    #[arg(long, value_name = "ADDR", env = "RUNMESH_BLOB")]
+    pub blob: Option<SocketAddr>,
+    /// Base of the file URLs handed to clients [default: the API address of the node that made the
+    /// file; any node serves any file].
+    #[arg(long, value_name = "URL", env = "RUNMESH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long files are kept after their job finished, in seconds [default: 2592000 (30 days)].
+    #[arg(long, value_name = "S", env = "RUNMESH_ARTIFACT_TTL_S")]
+    pub artifact_ttl_s: Option<u64>,
+    /// Nodes besides the worker that keep a copy of each output [default: 1].
+    #[arg(long, value_name = "N", env = "RUNMESH_ARTIFACT_REPLICAS")]
+    pub artifact_replicas: Option<usize>,
+    /// How often the artifact retention sweep runs, in ms [default: 2000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_ARTIFACT_SWEEP_MS")]
+    pub artifact_sweep_ms: Option<u64>,
+    /// How often blobs that nothing keeps are deleted, in ms [default: 10000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_ARTIFACT_GC_MS")]
+    pub artifact_gc_ms: Option<u64>,
+    /// Largest upload to /storage/upload in bytes [default: 17179869184].
+    #[arg(long, value_name = "BYTES", env = "RUNMESH_UPLOAD_LIMIT")]
+    pub upload_limit_bytes: Option<u64>,
 }
 
 impl NodeArgs {
@@ -259,6 +282,13 @@ impl NodeArgs {
             raft_election_timeout_min_ms: self.raft_election_timeout_min_ms,
             raft_election_timeout_max_ms: self.raft_election_timeout_max_ms,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
+            blob: self.blob,
+            public_url: self.public_url.clone(),
+            artifact_ttl_s: self.artifact_ttl_s,
+            artifact_replicas: self.artifact_replicas,
+            artifact_sweep_ms: self.artifact_sweep_ms,
+            artifact_gc_ms: self.artifact_gc_ms,
+            upload_limit_bytes: self.upload_limit_bytes,
         }
     }
 }
@@ -435,6 +465,9 @@ pub enum BenchScenario {
     /// Scheduler placements/s: fill the queue of a 3-node cluster while dispatch is held, release
     /// it, and time how fast the leader assigns every job.
     Placements(PlacementsBenchArgs),
+    /// Blob transfer: one blob between two blob endpoints on loopback, against `cat` of the file
+    /// and a plain TCP copy measured in the same run.
+    Blobs(crate::bench_blobs::BenchBlobsArgs),
     /// Node-level rows: sync overhead, streaming latency, idle node.
     #[command(flatten)]
     Node(crate::bench_node::NodeBench),

@@ -123,6 +123,21 @@ pub struct ConfigFile {
     pub raft_election_timeout_max_ms: Option<u64>,
     /// While this file exists, this node (when it leads) places no queued jobs.
     pub dispatch_hold_file: Option<PathBuf>,
+    // --- artifacts (issue 6): blob endpoint, retention, replicas ---
+    /// Blob QUIC listen address (overrides p2p port + 2).
+    pub blob: Option<SocketAddr>,
+    /// Base of file URLs handed to clients (e.g. `https://files.example.com`).
+    pub public_url: Option<String>,
+    /// How long artifacts are kept after their job finished, in seconds [default: 30 days].
+    pub artifact_ttl_s: Option<u64>,
+    /// Nodes besides the worker that keep a copy of each output [default: 1].
+    pub artifact_replicas: Option<usize>,
+    /// How often the retention sweep runs, in ms [default: 2000].
+    pub artifact_sweep_ms: Option<u64>,
+    /// How often unpinned blobs are deleted, in ms [default: 10000].
+    pub artifact_gc_ms: Option<u64>,
+    /// Largest upload (`POST /storage/upload`), in bytes [default: 16 GiB].
+    pub upload_limit_bytes: Option<u64>,
 }
 
 /// A secret string: never printed by `Debug`.
@@ -195,6 +210,13 @@ impl ConfigFile {
                 .raft_election_timeout_max_ms
                 .or(self.raft_election_timeout_max_ms),
             dispatch_hold_file: other.dispatch_hold_file.or(self.dispatch_hold_file),
+            blob: other.blob.or(self.blob),
+            public_url: other.public_url.or(self.public_url),
+            artifact_ttl_s: other.artifact_ttl_s.or(self.artifact_ttl_s),
+            artifact_replicas: other.artifact_replicas.or(self.artifact_replicas),
+            artifact_sweep_ms: other.artifact_sweep_ms.or(self.artifact_sweep_ms),
+            artifact_gc_ms: other.artifact_gc_ms.or(self.artifact_gc_ms),
+            upload_limit_bytes: other.upload_limit_bytes.or(self.upload_limit_bytes),
         }
     }
 }
@@ -229,6 +251,9 @@ pub struct NodeConfig {
     /// Raft timing of a mesh node (a lone node keeps the job log's own, shorter timing).
     pub raft_timing: RaftTiming,
     pub dispatch_hold_file: Option<PathBuf>,
+    /// Blob QUIC listen address: `--blob`, else p2p port + 2, else 127.0.0.1 on a free port.
+    pub blob: SocketAddr,
+    pub artifacts: crate::artifacts::ArtifactsConfig,
 }
 
 /// Raft heartbeat and election timeouts of a mesh node.
@@ -433,6 +458,40 @@ impl NodeConfig {
             (n, _) => n,
         };
         let serve_apps = c.apps.as_deref().map(parse_serve_apps).transpose()?;
+        // Listeners other than --p2p sit just above it: Raft on +1, blobs on +2.
+        let blob = match (c.blob, c.p2p) {
+            (Some(b), _) => b,
+            (None, Some(p)) if p.port() != 0 => {
+                let port = p.port().checked_add(2).ok_or(ConfigError::OutOfRange {
+                    key: "p2p",
+                    value: p.to_string(),
+                    range: "a fixed port below 65534 (the blob port is p2p + 2), or set blob"
+                        .into(),
+                })?;
+                SocketAddr::new(p.ip(), port)
+            }
+            (None, _) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let art_defaults = crate::artifacts::ArtifactsConfig::default();
+        let artifacts = crate::artifacts::ArtifactsConfig {
+            ttl_ms: c
+                .artifact_ttl_s
+                .map_or(art_defaults.ttl_ms, |s| s.saturating_mul(1000).max(1000)),
+            replicas: c.artifact_replicas.unwrap_or(art_defaults.replicas).min(16),
+            public_base: c
+                .public_url
+                .clone()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty()),
+            sweep_ms: c
+                .artifact_sweep_ms
+                .unwrap_or(art_defaults.sweep_ms)
+                .max(100),
+            gc_ms: c.artifact_gc_ms.unwrap_or(art_defaults.gc_ms).max(100),
+            upload_max_bytes: c
+                .upload_limit_bytes
+                .unwrap_or(art_defaults.upload_max_bytes),
+        };
         let cfg = Self {
             data_dir,
             http,
@@ -476,6 +535,8 @@ impl NodeConfig {
                 c.raft_election_timeout_max_ms,
             ),
             dispatch_hold_file: c.dispatch_hold_file,
+            blob,
+            artifacts,
         };
         cfg.check()?;
         Ok(cfg)

@@ -172,6 +172,23 @@ impl NodeIdentity {
         Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
     }
 
+    /// The blob store of the same seed, listening on `bind` (its iroh endpoint id is this node's
+    /// public key).
+    pub async fn start_blobs(
+        &self,
+        root: PathBuf,
+        bind: std::net::SocketAddr,
+        gc_interval: Option<std::time::Duration>,
+    ) -> Result<runmesh_blobs::BlobNode, runmesh_blobs::BlobError> {
+        runmesh_blobs::BlobNode::start(runmesh_blobs::BlobConfig {
+            root,
+            seed: self.seed,
+            bind,
+            gc_interval,
+        })
+        .await
+    }
+
     /// The libp2p key pair of the same seed (its peer id is this node's libp2p identity).
     #[cfg(feature = "p2p")]
     pub fn libp2p_keypair(&self) -> Result<libp2p::identity::Keypair, IdentityError> {
@@ -269,6 +286,22 @@ mod tests {
             ed25519_key_of_cert(&CertificateDer::from(vec![1, 2, 3])),
             None
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_blob_endpoint_uses_the_same_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = NodeIdentity::generate().unwrap();
+        let blobs = id
+            .start_blobs(
+                dir.path().join("blobs"),
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(blobs.public_key(), id.public_key_bytes());
+        blobs.shutdown().await;
     }
 
     #[cfg(feature = "p2p")]

@@ -2,6 +2,7 @@
 //! contract and built-in apps, the worker loop, and configuration.
 
 pub mod apps;
+pub mod artifacts;
 pub mod config;
 pub mod gpu;
 pub mod identity;

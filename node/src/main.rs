@@ -1,6 +1,7 @@
 //! `runmesh`: the node binary.
 
 mod bench;
+mod bench_blobs;
 mod bench_cluster;
 mod bench_node;
 mod cli;
@@ -66,6 +67,7 @@ fn real_main() -> anyhow::Result<()> {
                     Some(cli::BenchScenario::Cluster(a)) => bench_cluster::cluster(a).await,
                     Some(cli::BenchScenario::Failover(a)) => bench_cluster::failover(a).await,
                     Some(cli::BenchScenario::Placements(a)) => bench_cluster::placements(a).await,
+                    Some(cli::BenchScenario::Blobs(a)) => bench_blobs::run(a).await,
                     Some(cli::BenchScenario::Node(rows)) => bench_node::run(rows).await,
                     None => bench::run(args).await,
                 }
@@ -199,6 +201,24 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Apps that ran here recently: the capacity advert calls them warm (MESH-GOSSIP).
     let warm = runmesh_node::mesh::capacity::WarmSet::default();
+    // Artifacts: the blob store and its QUIC endpoint, keyed by the node identity (issue 6).
+    let blobs = Arc::new(
+        identity
+            .start_blobs(
+                cfg.data_dir.join("blobs"),
+                cfg.blob,
+                Some(Duration::from_millis(cfg.artifacts.gc_ms)),
+            )
+            .await
+            .context("starting the blob store")?,
+    );
+    let artifacts = runmesh_node::artifacts::Artifacts::new(
+        blobs.clone(),
+        joblog.clone(),
+        clock.clone(),
+        cfg.artifacts.clone(),
+        &cfg.data_dir,
+    );
     let worker = Worker::new(
         joblog.clone(),
         registry.clone(),
@@ -206,7 +226,8 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         clock.clone(),
         cfg.worker(),
     )
-    .with_warm_set(warm.clone());
+    .with_warm_set(warm.clone())
+    .with_files(Arc::new(runmesh_node::artifacts::Sink(artifacts.clone())));
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
     let webhooks_task = tokio::spawn(runmesh_node::webhooks::run(
         joblog.clone(),
@@ -231,6 +252,19 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let listener = runmesh_node::tls::bind(cfg.http, &cfg.compat.tls, &cfg.data_dir).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let scheme = listener.scheme();
+    let advertise = cfg.advertise.as_deref();
+    artifacts.set_api_base(format!(
+        "{scheme}://{}",
+        runmesh_node::mesh::capacity::dialable(addr, advertise)
+    ));
+    // Peers dial the blob endpoint by IP: an unspecified listen IP is replaced by --advertise
+    // when that is an IP.
+    let mut blob_peer = blobs.peer_addr();
+    if blob_peer.addr.ip().is_unspecified() {
+        if let Some(ip) = advertise.and_then(|a| a.trim_matches(['[', ']']).parse().ok()) {
+            blob_peer.addr.set_ip(ip);
+        }
+    }
     // Cluster view, capacity adverts, gossip, and the dispatcher that places jobs while this node
     // leads (MESH-GOSSIP).
     let mesh = start_mesh(
@@ -242,9 +276,12 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         runtime.gpus.clone(),
         clock.clone(),
         &identity,
-        stop_rx,
+        Some(blob_peer.to_string()),
+        stop_rx.clone(),
     )
     .await?;
+    artifacts.set_mesh(mesh.mesh.clone());
+    let sweeper_task = tokio::spawn(artifacts.clone().run_sweeper(stop_rx));
     let catalog: Arc<dyn AppCatalog> = registry;
     let gateway = GatewayConfig {
         body_limit_bytes: cfg.body_limit_bytes,
@@ -260,6 +297,9 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         sse_keepalive_ms: cfg.compat.sse_keepalive_ms,
         cluster: Some(runmesh_gateway_node::ClusterHandle(Arc::new(
             mesh.mesh.clone(),
+        ))),
+        files: Some(runmesh_gateway_node::files::FilesHandle(Arc::new(
+            runmesh_node::artifacts::Store(artifacts.clone()),
         ))),
         ..GatewayConfig::default()
     };
@@ -299,11 +339,13 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         let _ = ticker_task.await;
         let _ = expiry_task.await;
         let _ = webhooks_task.await;
+        let _ = sweeper_task.await;
         for t in mesh.tasks {
             let _ = t.await;
         }
     })
     .await;
+    blobs.shutdown().await;
     joblog.shutdown().await;
     if let Some(m) = &raft_mesh {
         m.shutdown();
@@ -323,6 +365,7 @@ async fn start_mesh(
     gpus: Arc<dyn runmesh_node::gpu::GpuProbe>,
     clock: Arc<dyn Clock>,
     identity: &runmesh_node::identity::NodeIdentity,
+    blob_addr: Option<String>,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<runmesh_node::mesh::capacity::MeshHandles> {
     use runmesh_node::mesh::capacity::{self, MeshOptions};
@@ -337,6 +380,7 @@ async fn start_mesh(
         p2p: cfg.p2p,
         bootstrap: cfg.bootstrap.clone(),
         worker: cfg.worker(),
+        blob_addr,
     };
     #[cfg(feature = "p2p")]
     let keypair = match cfg.p2p {

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::apps::{AppError, AppRegistry, JobContext};
+use crate::apps::{AppError, AppRegistry, EmittedFiles, FileSink, JobContext};
 use crate::mesh::capacity::{Mesh, WarmSet};
 use crate::mesh::scheduler;
 
@@ -138,6 +138,8 @@ struct Shared {
     cfg: WorkerConfig,
     node_id: NodeId,
     warm: WarmSet,
+    /// The blob store apps emit files into (artifacts); without it apps cannot make files.
+    files: Option<Arc<dyn FileSink>>,
 }
 
 pub struct Worker {
@@ -162,8 +164,15 @@ impl Worker {
                 cfg,
                 node_id,
                 warm: WarmSet::default(),
+                files: None,
             },
         }
+    }
+
+    /// Lets apps emit files into `sink` (the node's blob store).
+    pub fn with_files(mut self, sink: Arc<dyn FileSink>) -> Self {
+        self.shared.files = Some(sink);
+        self
     }
 
     /// Records the apps this worker runs in `warm` (what the capacity advert calls warm).
@@ -537,7 +546,14 @@ async fn run_job(
 
     shared.warm.touch(spec.app(), started_ms);
     let app = shared.registry.get(spec.app());
-    let input = serde_json::from_str::<serde_json::Value>(&spec.input_json);
+    let input = match load_input(&shared, &spec.input_json).await {
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text),
+        Err(why) => {
+            let err = JobError::new(ErrorType::InternalError, why);
+            finish_failed(&shared, &id, attempt, err, started_ms).await;
+            return id;
+        }
+    };
     let (app, input) = match (app, input) {
         (Some(app), Ok(input)) => (app, input),
         (None, _) => {
@@ -566,6 +582,11 @@ async fn run_job(
         stop_rx,
         shared.clock.clone(),
     );
+    let emitted = EmittedFiles::default();
+    let ctx = match &shared.files {
+        Some(sink) => ctx.with_files(sink.clone(), emitted.clone()),
+        None => ctx,
+    };
     let mut app_task = AbortOnDrop(tokio::spawn(app.run(ctx, input)));
 
     let renew_every = Duration::from_millis((cfg.lease_ms / 3).max(1));
@@ -680,19 +701,64 @@ async fn run_job(
     };
     match outcome {
         Ok(output) => {
-            let cmd = JobCommand::Complete {
-                request_id: id.clone(),
-                worker: shared.node_id,
-                attempt,
-                output_json: output.to_string(),
-                inference_time_ms,
-                now_ms: shared.clock.now_ms(),
+            let files = std::mem::take(
+                &mut *emitted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let cmd = if files.is_empty() {
+                JobCommand::Complete {
+                    request_id: id.clone(),
+                    worker: shared.node_id,
+                    attempt,
+                    output_json: output.to_string(),
+                    inference_time_ms,
+                    now_ms: shared.clock.now_ms(),
+                }
+            } else {
+                // The completion entry names the blobs: any node finds them through it.
+                JobCommand::CompleteWithFiles {
+                    request_id: id.clone(),
+                    worker: shared.node_id,
+                    attempt,
+                    output_json: output.to_string(),
+                    files,
+                    inference_time_ms,
+                    now_ms: shared.clock.now_ms(),
+                }
             };
             record(&shared, cmd, "complete").await;
         }
         Err(err) => finish_failed(&shared, &id, attempt, err, started_ms).await,
     }
     id
+}
+
+/// The input text: inline, or read back from the blob store when the gateway kept a large input
+/// there (`{"$runmesh_input": "/files/<hash>/input.json"}`).
+async fn load_input(shared: &Shared, input_json: &str) -> Result<String, String> {
+    let key = runmesh_gateway_node::submit::INPUT_BLOB_KEY;
+    if input_json.len() > 512 || !input_json.contains(key) {
+        return Ok(input_json.to_string());
+    }
+    let reference = serde_json::from_str::<serde_json::Value>(input_json)
+        .ok()
+        .and_then(|v| {
+            let obj = v.as_object()?;
+            (obj.len() == 1).then(|| obj.get(key)?.as_str().map(str::to_string))?
+        });
+    let (Some(path), Some(files)) = (reference, shared.files.as_ref()) else {
+        return Ok(input_json.to_string());
+    };
+    let local = files
+        .resolve_input(path)
+        .await
+        .map_err(|e| format!("the stored input is not available: {e}"))?;
+    let text = tokio::fs::read_to_string(&local)
+        .await
+        .map_err(|e| format!("reading the stored input: {e}"));
+    let _ = tokio::fs::remove_file(&local).await;
+    text
 }
 
 async fn finish_failed(

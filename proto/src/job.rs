@@ -143,6 +143,36 @@ impl ErrorType {
     }
 }
 
+/// A file a job produced (or an input a client uploaded), held as a content-addressed blob.
+/// `hash` is the BLAKE3 hash in 64 hex digits: the blob's name on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub hash: String,
+    pub size: u64,
+    pub content_type: String,
+    pub file_name: String,
+}
+
+/// Every blob hash a JSON text names through a `/files/<64 hex>` URL (inputs that reference our
+/// own files), lowercased, in order of appearance.
+pub fn file_hashes_in(json: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = json;
+    while let Some(i) = rest.find("/files/") {
+        let after = &rest[i + 7..];
+        if let Some(h) = after.get(..64) {
+            if h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(h.to_ascii_lowercase());
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+/// Longest file list one completion may carry.
+pub const FILES_PER_JOB_MAX: usize = 64;
+
 /// Why a job did not produce an output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
@@ -267,6 +297,20 @@ pub enum JobCommand {
     /// when ≥ 10 KB); they then answer as unknown requests. The proposer's policy travels in the
     /// command, so every replica forgets the same jobs.
     Expire { now_ms: u64, retention: Retention },
+    /// `Complete` for an output with files: the blobs named in `files` are on `worker` (appended
+    /// after the foundation's variants, so older entries decode unchanged).
+    CompleteWithFiles {
+        request_id: RequestId,
+        worker: NodeId,
+        attempt: u32,
+        output_json: String,
+        files: Vec<FileRef>,
+        inference_time_ms: u64,
+        now_ms: u64,
+    },
+    /// fal's "delete IO": forget a finished job's input and output payloads; every node drops
+    /// its blobs at the next collection.
+    DeleteIo { request_id: RequestId, now_ms: u64 },
 }
 
 /// Results at least this large (output JSON bytes) are kept for [`Retention::large_retain_ms`].
@@ -298,6 +342,8 @@ impl JobCommand {
             | Self::RenewLease { request_id, .. }
             | Self::AppendLogs { request_id, .. }
             | Self::Complete { request_id, .. }
+            | Self::CompleteWithFiles { request_id, .. }
+            | Self::DeleteIo { request_id, .. }
             | Self::Fail { request_id, .. }
             | Self::RequestCancel { request_id, .. }
             | Self::Cancel { request_id, .. } => Some(request_id),

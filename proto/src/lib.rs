@@ -16,8 +16,9 @@ pub mod webhook;
 pub use command::{Command, CommandOutput};
 pub use ids::{AppId, ModelId, NodeId, RequestId};
 pub use job::{
-    CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLevel, LogLine, Outcome,
-    Priority, Rejection, Retention, SubmitMode, LARGE_RESULT_BYTES,
+    file_hashes_in, CommandResult, ErrorType, FileRef, JobCommand, JobError, JobSpec, JobState,
+    LogLevel, LogLine, Outcome, Priority, Rejection, Retention, SubmitMode, FILES_PER_JOB_MAX,
+    LARGE_RESULT_BYTES,
 };
 pub use time::{Clock, SystemClock};
 

@@ -6,8 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use runmesh_proto::{
-    AppId, CommandResult, ErrorType, JobCommand, JobError, JobSpec, JobState, LogLine, NodeId,
-    Outcome, Rejection, RequestId, Retention, LARGE_RESULT_BYTES,
+    AppId, CommandResult, ErrorType, FileRef, JobCommand, JobError, JobSpec, JobState, LogLine,
+    NodeId, Outcome, Rejection, RequestId, Retention, FILES_PER_JOB_MAX, LARGE_RESULT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,16 @@ pub struct JobRecord {
     /// mesh issue; the serde default covers self-describing encodings, not bincode snapshots.
     #[serde(default)]
     pub last_worker: Option<NodeId>,
+    /// Files of the output (`CompleteWithFiles`): blobs that the worker holds (artifacts issue).
+    #[serde(default)]
+    pub files: Vec<FileRef>,
+    /// When a client deleted the job's payloads (fal "delete IO"); its blobs are collected.
+    #[serde(default)]
+    pub io_deleted_at_ms: Option<u64>,
+    /// The blobs the job named (outputs, input URLs) when its payloads were deleted: every node
+    /// drops them.
+    #[serde(default)]
+    pub deleted_hashes: Vec<String>,
 }
 
 impl JobRecord {
@@ -226,6 +236,35 @@ impl JobTable {
             JobCommand::Expire { now_ms, retention } => {
                 self.expire(now_ms, retention, |_| false, touched)
             }
+            JobCommand::CompleteWithFiles {
+                request_id,
+                worker,
+                attempt,
+                output_json,
+                mut files,
+                inference_time_ms,
+                now_ms,
+            } => {
+                files.truncate(FILES_PER_JOB_MAX);
+                let res = self.finish(
+                    request_id.clone(),
+                    worker,
+                    attempt,
+                    Outcome::Output { output_json },
+                    inference_time_ms,
+                    now_ms,
+                    touched,
+                );
+                if res == CommandResult::Applied {
+                    if let Some(rec) = self.jobs.get_mut(&request_id) {
+                        rec.files = files;
+                    }
+                }
+                res
+            }
+            JobCommand::DeleteIo { request_id, now_ms } => {
+                self.delete_io(request_id, now_ms, touched)
+            }
         };
         // Every change of state goes through `touched`, so this one place sees each job end.
         for id in &touched[first_touched..] {
@@ -253,6 +292,9 @@ impl JobTable {
             started_at_ms: None,
             inference_time_ms: None,
             last_worker: None,
+            files: Vec::new(),
+            io_deleted_at_ms: None,
+            deleted_hashes: Vec::new(),
         };
         self.next_seq += 1;
         self.index_queued(&rec);
@@ -387,6 +429,39 @@ impl JobTable {
         };
         rec.inference_time_ms = Some(inference_time_ms);
         self.leases.remove(&(lease, id.clone()));
+        touched.push(id);
+        CommandResult::Applied
+    }
+
+    /// Drops a finished job's payloads: input and output text and its file list (the blobs go at
+    /// the next collection on every node). A running or queued job is left alone.
+    fn delete_io(
+        &mut self,
+        id: RequestId,
+        now_ms: u64,
+        touched: &mut Vec<RequestId>,
+    ) -> CommandResult {
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return CommandResult::Rejected(Rejection::NotFound);
+        };
+        if !rec.state.is_terminal() {
+            return CommandResult::Rejected(Rejection::NotQueued);
+        }
+        let mut hashes: Vec<String> = rec.files.drain(..).map(|f| f.hash).collect();
+        hashes.extend(runmesh_proto::file_hashes_in(&rec.spec.input_json));
+        hashes.sort();
+        hashes.dedup();
+        hashes.truncate(FILES_PER_JOB_MAX * 2);
+        rec.deleted_hashes.extend(hashes);
+        rec.spec.input_json = "{}".into();
+        if let JobState::Completed {
+            outcome: Outcome::Output { output_json },
+            ..
+        } = &mut rec.state
+        {
+            *output_json = "{}".into();
+        }
+        rec.io_deleted_at_ms.get_or_insert(now_ms);
         touched.push(id);
         CommandResult::Applied
     }

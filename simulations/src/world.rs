@@ -1583,17 +1583,7 @@ fn unreachable_outcome() -> Outcome {
 }
 
 fn job_command_id(c: &JobCommand) -> Option<&RequestId> {
-    match c {
-        JobCommand::Submit { spec } => Some(&spec.request_id),
-        JobCommand::Assign { request_id, .. }
-        | JobCommand::RenewLease { request_id, .. }
-        | JobCommand::AppendLogs { request_id, .. }
-        | JobCommand::Complete { request_id, .. }
-        | JobCommand::Fail { request_id, .. }
-        | JobCommand::RequestCancel { request_id, .. }
-        | JobCommand::Cancel { request_id, .. } => Some(request_id),
-        JobCommand::Tick { .. } | JobCommand::Expire { .. } => None,
-    }
+    c.request_id()
 }
 
 pub fn describe(k: &FaultKind) -> String {

@@ -191,6 +191,11 @@ impl Node {
         Api::new(&self.base)
     }
 
+    /// The child's process id while it runs (for /proc readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True while the child process has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -25,7 +25,153 @@ pub fn all() -> Vec<Arc<dyn App>> {
         Arc::new(Sleep),
         Arc::new(Fail),
         Arc::new(Stream),
+        Arc::new(Noise),
+        Arc::new(HashFile),
     ]
+}
+
+/// Largest `runmesh/noise` output: 64 GiB.
+pub const NOISE_BYTES_MAX: i64 = 64 << 30;
+/// Bytes `runmesh/noise` writes per buffer (what it holds in memory at once).
+const NOISE_BUF_BYTES: usize = 1 << 20;
+
+/// The byte stream of `runmesh/noise`: splitmix64 of the seed, each output word little-endian.
+/// Tests regenerate it to check a download byte for byte.
+pub fn noise_fill(state: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let bytes = z.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// `runmesh/noise`: `{"bytes": N, "seed": S}` makes one file of N pseudo-random bytes, returned as
+/// `{"file": File}` (a fal File object; the bytes are a blob any node serves).
+pub struct Noise;
+
+impl Noise {
+    fn parse(input: &Value) -> Result<(u64, u64), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let bytes = fields::int_in_range(input, "bytes", 0, NOISE_BYTES_MAX, &mut errors);
+        let seed = fields::int_in_range(input, "seed", 0, i64::MAX, &mut errors).unwrap_or(0);
+        match bytes {
+            Some(n) if errors.is_empty() => Ok((n.unsigned_abs(), seed.unsigned_abs())),
+            None if errors.is_empty() => Err(vec![fields::missing("bytes")]),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl App for Noise {
+    fn manifest(&self) -> AppManifest {
+        manifest(
+            "noise",
+            "Makes a file of `bytes` pseudo-random bytes from `seed` (for tests and benchmarks).",
+            false,
+        )
+        .with_artifact_types(["application/octet-stream"])
+    }
+
+    fn validate(&self, _subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+        Self::parse(input).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move {
+            let (n, seed) = Noise::parse(&input)
+                .map_err(|_| AppError::runner("invalid input for runmesh/noise"))?;
+            let path = ctx.scratch_path()?;
+            ctx.info(format!("writing {n} bytes"));
+            let written = path.clone();
+            // Written in 1 MiB pieces on a blocking thread: the file never sits in memory.
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write as _;
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&written)?);
+                let mut buf = vec![0u8; NOISE_BUF_BYTES];
+                let mut state = seed;
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(NOISE_BUF_BYTES as u64) as usize;
+                    noise_fill(&mut state, &mut buf[..take]);
+                    f.write_all(&buf[..take])?;
+                    left -= take as u64;
+                }
+                f.flush()
+            })
+            .await
+            .map_err(|e| AppError::runner(format!("noise writer: {e}")))?
+            .map_err(|e| AppError::runner(format!("writing noise: {e}")))?;
+            let file = ctx
+                .emit_file(
+                    path,
+                    "application/octet-stream",
+                    &format!("noise-{seed}.bin"),
+                )
+                .await?;
+            Ok(json!({ "file": file }))
+        })
+    }
+}
+
+/// `runmesh/hash`: `{"file_url": URL}` (one of our `/files/` URLs or a `data:` URI) answers
+/// `{"blake3": hex, "size": N}` of the bytes; shows inputs reaching an app as local files.
+pub struct HashFile;
+
+impl HashFile {
+    fn parse(input: &Value) -> Result<String, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        match fields::string(input, "file_url", &mut errors) {
+            Some(u) if errors.is_empty() => Ok(u),
+            None if errors.is_empty() => Err(vec![fields::missing("file_url")]),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl App for HashFile {
+    fn manifest(&self) -> AppManifest {
+        manifest(
+            "hash",
+            "BLAKE3 hash and size of the file at `file_url` (a /files/ URL or a data: URI).",
+            false,
+        )
+    }
+
+    fn validate(&self, _subpath: Option<&str>, input: &Value) -> Result<(), Vec<FieldError>> {
+        Self::parse(input).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
+        Box::pin(async move {
+            let url = HashFile::parse(&input)
+                .map_err(|_| AppError::runner("invalid input for runmesh/hash"))?;
+            let path = ctx.input_file(&url).await?;
+            let (hash, size) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                use std::io::Read as _;
+                let mut f = std::fs::File::open(&path)?;
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; NOISE_BUF_BYTES];
+                let mut size = 0u64;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Ok((h.finalize().to_hex().to_string(), size))
+            })
+            .await
+            .map_err(|e| AppError::runner(format!("hasher: {e}")))?
+            .map_err(|e| AppError::runner(format!("reading the input file: {e}")))?;
+            Ok(json!({ "blake3": hash, "size": size }))
+        })
+    }
 }
 
 fn id(alias: &str) -> AppId {

@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 use runmesh_gateway_node::{AppCatalog, PartialHub};
 use runmesh_proto::fal::FieldError;
-use runmesh_proto::{AppId, Clock, ErrorType, JobError, LogLevel, LogLine, ModelId, RequestId};
+use runmesh_proto::{
+    AppId, Clock, ErrorType, FileRef, JobError, LogLevel, LogLine, ModelId, RequestId,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -204,7 +206,32 @@ impl AppError {
     }
 }
 
-/// What a running app can see and do: write log lines, publish partial outputs, notice cancellation.
+/// Where apps put the files they make and find the files they are given: the node's blob store
+/// (`crate::artifacts`). Files go in and out by path, so an app never holds a large file in memory.
+pub trait FileSink: Send + Sync + 'static {
+    /// A directory for an app's scratch files (on the same disk as the store).
+    fn scratch_dir(&self) -> std::path::PathBuf;
+    /// Stores the file at `path` (moved or copied into the store) as a blob; returns what was
+    /// stored and the URL clients fetch it at.
+    fn store_file(
+        &self,
+        path: std::path::PathBuf,
+        content_type: String,
+        file_name: String,
+    ) -> futures::future::BoxFuture<'static, Result<(FileRef, String), String>>;
+    /// A local file with the bytes an input URL names: one of our `/files/` URLs (fetched from a
+    /// peer if need be, no HTTP round trip) or a `data:` URI.
+    fn resolve_input(
+        &self,
+        url: String,
+    ) -> futures::future::BoxFuture<'static, Result<std::path::PathBuf, String>>;
+}
+
+/// The files a job produced, shared between its context and its worker.
+pub type EmittedFiles = Arc<std::sync::Mutex<Vec<FileRef>>>;
+
+/// What a running app can see and do: write log lines, publish partial outputs, notice cancellation,
+/// emit files.
 pub struct JobContext {
     request_id: RequestId,
     model: ModelId,
@@ -213,6 +240,8 @@ pub struct JobContext {
     partials: PartialHub,
     stop: watch::Receiver<bool>,
     clock: Arc<dyn Clock>,
+    files: Option<Arc<dyn FileSink>>,
+    emitted: EmittedFiles,
 }
 
 impl JobContext {
@@ -233,7 +262,64 @@ impl JobContext {
             partials,
             stop,
             clock,
+            files: None,
+            emitted: EmittedFiles::default(),
         }
+    }
+
+    /// Gives the app the node's blob store; the files it emits are recorded in `emitted`.
+    pub fn with_files(mut self, sink: Arc<dyn FileSink>, emitted: EmittedFiles) -> Self {
+        self.files = Some(sink);
+        self.emitted = emitted;
+        self
+    }
+
+    fn sink(&self) -> Result<&Arc<dyn FileSink>, AppError> {
+        self.files
+            .as_ref()
+            .ok_or_else(|| AppError::new(ErrorType::InternalError, "this node stores no files"))
+    }
+
+    /// A fresh path for a scratch file (the app writes it, then hands it to [`Self::emit_file`]).
+    pub fn scratch_path(&self) -> Result<std::path::PathBuf, AppError> {
+        let dir = self.sink()?.scratch_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| AppError::new(ErrorType::InternalError, format!("scratch dir: {e}")))?;
+        Ok(dir.join(format!("{}-{}", self.request_id, uuid_like())))
+    }
+
+    /// Stores the file at `path` as a blob of the job's output and returns its fal File object
+    /// (`url`, `content_type`, `file_name`, `file_size`) to put into the output.
+    pub async fn emit_file(
+        &self,
+        path: std::path::PathBuf,
+        content_type: &str,
+        file_name: &str,
+    ) -> Result<Value, AppError> {
+        let sink = self.sink()?.clone();
+        let (file, url) = sink
+            .store_file(path, content_type.to_string(), file_name.to_string())
+            .await
+            .map_err(|e| AppError::new(ErrorType::InternalError, format!("storing a file: {e}")))?;
+        let value = serde_json::json!({
+            "url": url,
+            "content_type": file.content_type,
+            "file_name": file.file_name,
+            "file_size": file.size,
+        });
+        self.emitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(file);
+        Ok(value)
+    }
+
+    /// A local path with the bytes of an input file URL (our `/files/` URLs, `data:` URIs).
+    pub async fn input_file(&self, url: &str) -> Result<std::path::PathBuf, AppError> {
+        let sink = self.sink()?.clone();
+        sink.resolve_input(url.to_string())
+            .await
+            .map_err(|e| AppError::new(ErrorType::BadRequest, e).with_status(422))
     }
 
     pub fn request_id(&self) -> &RequestId {
@@ -301,6 +387,17 @@ impl JobContext {
             _ = self.cancelled() => false,
         }
     }
+}
+
+/// A short random suffix for scratch file names.
+fn uuid_like() -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{t:x}-{n}")
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

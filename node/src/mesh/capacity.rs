@@ -532,6 +532,8 @@ pub struct MeshOptions {
     pub p2p: Option<SocketAddr>,
     pub bootstrap: Option<String>,
     pub worker: WorkerConfig,
+    /// This node's blob endpoint (`<key hex>@ip:port`), advertised so peers can fetch files.
+    pub blob_addr: Option<String>,
 }
 
 /// What [`start_mesh`] started.
@@ -605,7 +607,7 @@ pub async fn start_mesh(
         apps,
         api_addr: Some(dialable(opts.api_addr, advertise)),
         raft_addr: opts.raft_addr.map(|a| dialable(a, advertise)),
-        blob_addr: None,
+        blob_addr: opts.blob_addr.clone(),
         // Measured GPUs already count what runs on them; declared ones need the booking.
         gpus_declared: opts.gpus.source() != crate::gpu::GpuSource::Nvml,
         incarnation: clock.now_ms(),

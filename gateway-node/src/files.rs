@@ -1,0 +1,508 @@
+//! Files over HTTP: `GET /files/{hash}[/{file_name}]` (any node serves any blob, fetching it from a
+//! peer while it streams to the client), uploads (`POST /storage/upload`, fal's `POST /files/upload`)
+//! and fal's "delete IO" (`DELETE /admin/requests/{id}/io`).
+//!
+//! The blob store itself is behind [`FileStore`] (the node implements it over iroh-blobs), so this
+//! crate never links the transfer stack. What a file is (size, type, name, who made it) comes from
+//! the job table: the completion entry of the job that produced it.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use runmesh_proto::{CommandResult, FileRef, JobCommand, NodeId, Rejection, RequestId};
+use runmesh_raft::JobTable;
+use serde_json::json;
+
+use crate::errors::{json_response, ApiError};
+use crate::routing::RequestContext;
+use crate::AppState;
+
+/// Longest file name kept in a URL or a header.
+pub const FILE_NAME_MAX: usize = 255;
+
+/// Bytes of a blob, in pieces, verified before they are handed out.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("file not found")]
+    NotFound,
+    #[error("file unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("file store: {0}")]
+    Internal(String),
+}
+
+/// Where a file is and what it is, as the job table knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    pub file: FileRef,
+    /// Nodes known to hold it, best first (the worker that made it).
+    pub providers: Vec<NodeId>,
+}
+
+/// The node's blob store, as the HTTP API needs it.
+pub trait FileStore: Send + Sync + 'static {
+    /// Size of a blob this node holds whole, or (for blobs no job names, e.g. uploads made on
+    /// another node) one it could fetch whole from a peer now; `None`: nobody has it.
+    fn size_of(&self, hash: &str) -> BoxFuture<'_, Result<Option<u64>, FileError>>;
+    /// Bytes `start..end` of a blob of `size` bytes, from here or streamed from `providers` (then
+    /// any peer) as they arrive. The first piece is awaited before this returns, so a blob that
+    /// nobody can deliver is an error here and not a truncated body.
+    fn open(
+        &self,
+        hash: &str,
+        size: u64,
+        start: u64,
+        end: u64,
+        providers: Vec<NodeId>,
+    ) -> BoxFuture<'_, Result<ByteStream, FileError>>;
+    /// Stores an upload; returns the file as stored (hash, size, type, name).
+    fn upload(
+        &self,
+        body: ByteStream,
+        content_type: String,
+        file_name: String,
+    ) -> BoxFuture<'_, Result<FileRef, FileError>>;
+    /// The URL of a stored file as handed to clients, when the node has a configured public base
+    /// (else the request's own base is used).
+    fn public_url(&self, _file: &FileRef) -> Option<String> {
+        None
+    }
+    /// How long artifacts are kept after their job finished (`None`: forever).
+    fn ttl_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A [`FileStore`] in the gateway config.
+#[derive(Clone)]
+pub struct FilesHandle(pub Arc<dyn FileStore>);
+
+impl std::fmt::Debug for FilesHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FilesHandle")
+    }
+}
+
+/// Whether `s` is a blob hash as URLs carry it (64 hex digits).
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The path of a file under a node's base URL.
+pub fn file_path(file: &FileRef) -> String {
+    format!("/files/{}/{}", file.hash, url_name(&file.file_name))
+}
+
+/// A file name made safe for one URL path segment (and a header).
+pub fn url_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .take(FILE_NAME_MAX)
+        .collect();
+    let trimmed = cleaned.trim_start_matches('.');
+    if trimmed.is_empty() {
+        "file".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// The File object of fal's outputs for a stored file.
+pub fn fal_file(file: &FileRef, url: String) -> serde_json::Value {
+    json!({
+        "url": url,
+        "content_type": file.content_type,
+        "file_name": file.file_name,
+        "file_size": file.size,
+    })
+}
+
+/// What the job table says about a hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Made by a job that is neither deleted nor past the retention time.
+    Live(FileMeta),
+    /// Named only by deleted or expired jobs: gone (404), wherever copies still linger.
+    Dead,
+    /// No job names it (an upload, or nothing at all).
+    Unknown,
+}
+
+/// [`Lookup`] of `hash` at `now_ms`, artifacts kept `ttl_ms` after their job finished.
+pub fn lookup_file(table: &JobTable, hash: &str, now_ms: u64, ttl_ms: Option<u64>) -> Lookup {
+    let hash = hash.to_ascii_lowercase();
+    let mut named = false;
+    let mut best: Option<(u64, FileMeta)> = None;
+    for r in table.iter() {
+        if r.deleted_hashes.iter().any(|h| *h == hash) {
+            named = true;
+        }
+        let Some(f) = r.files.iter().find(|f| f.hash == hash) else {
+            continue;
+        };
+        named = true;
+        let expired = match (&r.state, ttl_ms) {
+            (
+                runmesh_proto::JobState::Completed {
+                    completed_at_ms, ..
+                },
+                Some(ttl),
+            ) => completed_at_ms.saturating_add(ttl) <= now_ms,
+            _ => false,
+        };
+        if r.io_deleted_at_ms.is_some() || expired {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(seq, _)| r.seq > *seq) {
+            let meta = FileMeta {
+                file: f.clone(),
+                providers: r.last_worker.into_iter().collect(),
+            };
+            best = Some((r.seq, meta));
+        }
+    }
+    match best {
+        Some((_, meta)) => Lookup::Live(meta),
+        None if named => Lookup::Dead,
+        None => Lookup::Unknown,
+    }
+}
+
+/// The newest live (not deleted) completion naming `hash`, with who holds it.
+pub fn find_file(table: &JobTable, hash: &str) -> Option<FileMeta> {
+    let hash = hash.to_ascii_lowercase();
+    table
+        .iter()
+        .filter(|r| r.io_deleted_at_ms.is_none())
+        .filter_map(|r| {
+            let f = r.files.iter().find(|f| f.hash == hash)?;
+            Some((r.seq, f.clone(), r.last_worker))
+        })
+        .max_by_key(|(seq, _, _)| *seq)
+        .map(|(_, file, worker)| FileMeta {
+            file,
+            providers: worker.into_iter().collect(),
+        })
+}
+
+/// A content type from a file name's extension (uploads without a declared type).
+pub fn guess_content_type(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("wav") => "audio/wav",
+        Some("mp3") => "audio/mpeg",
+        Some("mp4") => "video/mp4",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A `Range` header against a file of `size` bytes: `Ok(None)` for the whole file, `Ok(Some(a..b))`
+/// for one satisfiable range, `Err(())` for an unsatisfiable one (416). Several ranges, or a header
+/// we do not understand, read as the whole file (RFC 9110 lets a server ignore Range).
+#[allow(clippy::result_unit_err)]
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        // Suffix: the last `b` bytes.
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return Ok(None);
+        };
+        let end = if b.is_empty() {
+            size
+        } else {
+            match b.parse::<u64>() {
+                Ok(last) if last >= start => last.saturating_add(1).min(size),
+                _ => return Ok(None),
+            }
+        };
+        (start, end)
+    };
+    if range.0 >= size || range.0 >= range.1 {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+fn store(state: &AppState) -> Option<Arc<dyn FileStore>> {
+    state.config.files.as_ref().map(|h| h.0.clone())
+}
+
+fn file_error(e: FileError) -> Response {
+    match e {
+        FileError::NotFound => ApiError::NotFound.into_response(),
+        FileError::BadRequest(m) => ApiError::BadRequest(m).into_response(),
+        FileError::Unavailable(m) => json_response(
+            StatusCode::BAD_GATEWAY,
+            &json!({ "detail": format!("File not available from any node: {m}") }),
+        ),
+        FileError::Internal(m) => ApiError::Internal(m).into_response(),
+    }
+}
+
+/// `GET|HEAD /files/{hash}[/{file_name}]`.
+pub(crate) async fn get(
+    state: &AppState,
+    hash: &str,
+    file_name: Option<&str>,
+    req: Request,
+) -> Response {
+    let Some(files) = store(state) else {
+        return ApiError::NotFound.into_response();
+    };
+    if !is_hash(hash) {
+        return ApiError::NotFound.into_response();
+    }
+    let hash = hash.to_ascii_lowercase();
+    let now_ms = state.joblog.now_ms();
+    let ttl_ms = files.ttl_ms();
+    let lookup = state.joblog.read(|t| lookup_file(t, &hash, now_ms, ttl_ms));
+    let (file, providers) = match lookup {
+        Lookup::Live(m) => (m.file, m.providers),
+        Lookup::Dead => return ApiError::NotFound.into_response(),
+        Lookup::Unknown => match files.size_of(&hash).await {
+            Ok(Some(size)) => {
+                let name = file_name.map(url_name).unwrap_or_else(|| "file".into());
+                let content_type = guess_content_type(&name).to_string();
+                let file = FileRef {
+                    hash: hash.clone(),
+                    size,
+                    content_type,
+                    file_name: name,
+                };
+                (file, Vec::new())
+            }
+            Ok(None) => return ApiError::NotFound.into_response(),
+            Err(e) => return file_error(e),
+        },
+    };
+    let etag = format!("\"{hash}\"");
+    let headers = req.headers();
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        set_file_headers(resp.headers_mut(), &file, &etag);
+        return resp;
+    }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // A Range under If-Range applies only while the file is still the one named (always, for
+    // content-addressed files, when the tag matches).
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = match parse_range(range_header.filter(|_| if_range_ok), file.size) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut resp = json_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &json!({ "detail": "Range Not Satisfiable" }),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", file.size)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
+    };
+    let (start, end) = range.unwrap_or((0, file.size));
+    let head = req.method() == axum::http::Method::HEAD;
+    let body = if head || start == end {
+        Body::empty()
+    } else {
+        match files.open(&hash, file.size, start, end, providers).await {
+            Ok(stream) => Body::from_stream(stream),
+            Err(e) => return file_error(e),
+        }
+    };
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    set_file_headers(h, &file, &etag);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if range.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {start}-{}/{}",
+            end.saturating_sub(1),
+            file.size
+        )) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    resp
+}
+
+fn set_file_headers(h: &mut HeaderMap, file: &FileRef, etag: &str) {
+    let ct = HeaderValue::from_str(&file.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, ct);
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The bytes behind a hash never change.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "inline; filename=\"{}\"",
+        url_name(&file.file_name)
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+}
+
+/// `POST /storage/upload` and `POST /files/upload`: the body's bytes become a blob; the answer is
+/// a fal File object plus `access_url` (what fal's CDN upload answers).
+pub(crate) async fn upload(state: &AppState, ctx: &RequestContext, req: Request) -> Response {
+    let Some(files) = store(state) else {
+        return ApiError::Unavailable("this node stores no files".into()).into_response();
+    };
+    let headers = req.headers();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.len() <= 255);
+    let file_name = headers
+        .get("x-fal-file-name")
+        .and_then(|v| v.to_str().ok())
+        .map(url_name)
+        .unwrap_or_else(|| "upload".into());
+    let content_type = content_type
+        .filter(|c| c != "application/x-www-form-urlencoded")
+        .unwrap_or_else(|| guess_content_type(&file_name).to_string());
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other))
+        .boxed();
+    match files.upload(body, content_type, file_name).await {
+        Ok(file) => {
+            let url = files
+                .public_url(&file)
+                .unwrap_or_else(|| format!("{}{}", base_root(ctx), file_path(&file)));
+            let mut body = fal_file(&file, url.clone());
+            body["access_url"] = json!(url);
+            body["hash"] = json!(file.hash);
+            json_response(StatusCode::OK, &body)
+        }
+        Err(e) => file_error(e),
+    }
+}
+
+/// The request's base URL without a surface prefix (`/files/` sits at the root).
+fn base_root(ctx: &RequestContext) -> String {
+    let base = ctx.base.as_str();
+    base.strip_suffix("/queue")
+        .unwrap_or(base)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// `DELETE /admin/requests/{id}/io`: the job's inputs and outputs are dropped from the table and
+/// its blobs from every node at their next collection.
+pub(crate) async fn delete_io(state: &AppState, raw_id: &str) -> Response {
+    let Ok(id) = raw_id.parse::<RequestId>() else {
+        return ApiError::RequestNotFound(raw_id.to_string()).into_response();
+    };
+    let cmd = JobCommand::DeleteIo {
+        request_id: id.clone(),
+        now_ms: state.joblog.now_ms(),
+    };
+    match state.joblog.propose(cmd).await {
+        Ok(CommandResult::Applied) => json_response(
+            StatusCode::OK,
+            &json!({ "request_id": id.to_string(), "status": "DELETED" }),
+        ),
+        Ok(CommandResult::Rejected(Rejection::NotFound)) => {
+            ApiError::RequestNotFound(id.to_string()).into_response()
+        }
+        Ok(CommandResult::Rejected(_)) => {
+            ApiError::BadRequest("The request has not finished; cancel it first".into())
+                .into_response()
+        }
+        Ok(other) => ApiError::Internal(format!("unexpected result {other:?}")).into_response(),
+        Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 10))));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range(Some("bytes=-500"), 100), Ok(Some((0, 100))));
+        assert_eq!(parse_range(Some("bytes=50-5000"), 100), Ok(Some((50, 100))));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=9-3"), 100), Ok(None));
+        assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=x-1"), 100), Ok(None));
+    }
+
+    #[test]
+    fn names_and_hashes_are_checked() {
+        assert!(is_hash(&"a".repeat(64)));
+        assert!(!is_hash(&"g".repeat(64)));
+        assert!(!is_hash("abc"));
+        assert_eq!(url_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(url_name("a b?.png"), "a_b_.png");
+        assert_eq!(url_name(""), "file");
+        assert_eq!(url_name(&"x".repeat(1000)).len(), FILE_NAME_MAX);
+        assert_eq!(guess_content_type("x.PNG"), "image/png");
+        assert_eq!(guess_content_type("noext"), "application/octet-stream");
+    }
+}
