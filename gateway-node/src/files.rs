@@ -150,7 +150,7 @@ pub fn lookup_file(table: &JobTable, hash: &str, now_ms: u64, ttl_ms: Option<u64
     let mut named = false;
     let mut best: Option<(u64, FileMeta)> = None;
     for r in table.iter() {
-        if r.deleted_hashes.iter().any(|h| *h == hash) {
+        if r.deleted_hashes.contains(&hash) {
             named = true;
         }
         let Some(f) = r.files.iter().find(|f| f.hash == hash) else {
