@@ -676,6 +676,8 @@ mod tests {
             [
                 "runmesh/echo",
                 "runmesh/fail",
+                "runmesh/hash",
+                "runmesh/noise",
                 "runmesh/sleep",
                 "runmesh/stream"
             ]
