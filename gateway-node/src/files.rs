@@ -144,37 +144,71 @@ pub enum Lookup {
     Unknown,
 }
 
-/// [`Lookup`] of `hash` at `now_ms`, artifacts kept `ttl_ms` after their job finished.
+/// One job's naming of its output files: a job record, or the kept list of a job whose result
+/// expired (files outlive results).
+struct Naming<'a> {
+    seq: u64,
+    files: &'a [FileRef],
+    worker: Option<runmesh_proto::NodeId>,
+    /// When the job ended (a running job's files are not final yet: `None`).
+    finished_at_ms: Option<u64>,
+    deleted: bool,
+    /// Hashes of a job whose payloads were deleted (its `files` are gone).
+    deleted_hashes: &'a [String],
+}
+
+fn namings(table: &JobTable) -> impl Iterator<Item = Naming<'_>> + '_ {
+    let jobs = table.iter().map(|r| Naming {
+        seq: r.seq,
+        files: &r.files,
+        worker: r.last_worker,
+        finished_at_ms: match &r.state {
+            runmesh_proto::JobState::Completed {
+                completed_at_ms, ..
+            } => Some(*completed_at_ms),
+            _ => None,
+        },
+        deleted: r.io_deleted_at_ms.is_some(),
+        deleted_hashes: &r.deleted_hashes,
+    });
+    let kept = table.kept_files().map(|k| Naming {
+        seq: k.seq,
+        files: &k.files,
+        worker: k.worker,
+        finished_at_ms: Some(k.finished_at_ms),
+        deleted: k.io_deleted_at_ms.is_some(),
+        deleted_hashes: &[],
+    });
+    jobs.chain(kept)
+}
+
+/// [`Lookup`] of `hash` at `now_ms`, artifacts kept `ttl_ms` after their job finished (`None`:
+/// no expiry).
 pub fn lookup_file(table: &JobTable, hash: &str, now_ms: u64, ttl_ms: Option<u64>) -> Lookup {
     let hash = hash.to_ascii_lowercase();
     let mut named = false;
     let mut best: Option<(u64, FileMeta)> = None;
-    for r in table.iter() {
-        if r.deleted_hashes.contains(&hash) {
+    for n in namings(table) {
+        if n.deleted_hashes.contains(&hash) {
             named = true;
         }
-        let Some(f) = r.files.iter().find(|f| f.hash == hash) else {
+        let Some(f) = n.files.iter().find(|f| f.hash == hash) else {
             continue;
         };
         named = true;
-        let expired = match (&r.state, ttl_ms) {
-            (
-                runmesh_proto::JobState::Completed {
-                    completed_at_ms, ..
-                },
-                Some(ttl),
-            ) => completed_at_ms.saturating_add(ttl) <= now_ms,
+        let expired = match (n.finished_at_ms, ttl_ms) {
+            (Some(at), Some(ttl)) => at.saturating_add(ttl) <= now_ms,
             _ => false,
         };
-        if r.io_deleted_at_ms.is_some() || expired {
+        if n.deleted || expired {
             continue;
         }
-        if best.as_ref().is_none_or(|(seq, _)| r.seq > *seq) {
+        if best.as_ref().is_none_or(|(seq, _)| n.seq > *seq) {
             let meta = FileMeta {
                 file: f.clone(),
-                providers: r.last_worker.into_iter().collect(),
+                providers: n.worker.into_iter().collect(),
             };
-            best = Some((r.seq, meta));
+            best = Some((n.seq, meta));
         }
     }
     match best {
@@ -186,19 +220,10 @@ pub fn lookup_file(table: &JobTable, hash: &str, now_ms: u64, ttl_ms: Option<u64
 
 /// The newest live (not deleted) completion naming `hash`, with who holds it.
 pub fn find_file(table: &JobTable, hash: &str) -> Option<FileMeta> {
-    let hash = hash.to_ascii_lowercase();
-    table
-        .iter()
-        .filter(|r| r.io_deleted_at_ms.is_none())
-        .filter_map(|r| {
-            let f = r.files.iter().find(|f| f.hash == hash)?;
-            Some((r.seq, f.clone(), r.last_worker))
-        })
-        .max_by_key(|(seq, _, _)| *seq)
-        .map(|(_, file, worker)| FileMeta {
-            file,
-            providers: worker.into_iter().collect(),
-        })
+    match lookup_file(table, hash, 0, None) {
+        Lookup::Live(meta) => Some(meta),
+        Lookup::Dead | Lookup::Unknown => None,
+    }
 }
 
 /// A content type from a file name's extension (uploads without a declared type).

@@ -58,6 +58,8 @@ pub struct ArtifactsConfig {
     pub sweep_ms: u64,
     /// How often the store deletes unpinned blobs.
     pub gc_ms: u64,
+    /// How long a blob no job names yet keeps its pin.
+    pub unnamed_grace_ms: u64,
     pub upload_max_bytes: u64,
 }
 
@@ -69,6 +71,7 @@ impl Default for ArtifactsConfig {
             public_base: None,
             sweep_ms: DEFAULT_SWEEP_MS,
             gc_ms: DEFAULT_GC_MS,
+            unnamed_grace_ms: UNNAMED_GRACE_MS,
             upload_max_bytes: DEFAULT_UPLOAD_MAX_BYTES,
         }
     }
@@ -148,6 +151,23 @@ pub fn plan_sweep(table: &JobTable, now_ms: u64, ttl_ms: u64) -> SweepPlan {
             for f in &rec.files {
                 plan.outputs
                     .insert(f.hash.clone(), (f.size, rec.last_worker));
+            }
+        }
+    }
+    // Jobs whose result expired keep their files for the artifact TTL.
+    for kept in table.kept_files() {
+        let alive =
+            kept.io_deleted_at_ms.is_none() && kept.finished_at_ms.saturating_add(ttl_ms) > now_ms;
+        let hashes = kept.files.iter().map(|f| &f.hash).chain(&kept.input_hashes);
+        for h in hashes {
+            plan.named.insert(h.clone());
+            if alive {
+                plan.live.insert(h.clone());
+            }
+        }
+        if alive {
+            for f in &kept.files {
+                plan.outputs.insert(f.hash.clone(), (f.size, kept.worker));
             }
         }
     }
@@ -391,7 +411,7 @@ impl Artifacts {
             } else if kind == 'u' {
                 now < ms
             } else {
-                now.saturating_sub(ms) < UNNAMED_GRACE_MS
+                now.saturating_sub(ms) < self.cfg.unnamed_grace_ms
             };
             if !keep {
                 debug!(pin = %name, "dropping pin");

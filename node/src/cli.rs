@@ -231,6 +231,15 @@ pub struct NodeArgs {
     /// How often blobs that nothing keeps are deleted, in ms [default: 10000].
     #[arg(long, value_name = "MS", env = "RUNMESH_ARTIFACT_GC_MS")]
     pub artifact_gc_ms: Option<u64>,
+    /// How long a blob that no job names yet (an output whose completion is not committed) is
+    /// kept, in ms [default: 600000 (10 min)]; tests shorten it.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "RUNMESH_ARTIFACT_UNNAMED_GRACE_MS",
+        hide = true
+    )]
+    pub artifact_unnamed_grace_ms: Option<u64>,
     /// Largest upload to /storage/upload in bytes [default: 17179869184].
     #[arg(long, value_name = "BYTES", env = "RUNMESH_UPLOAD_LIMIT")]
     pub upload_limit_bytes: Option<u64>,
@@ -288,6 +297,7 @@ impl NodeArgs {
             artifact_replicas: self.artifact_replicas,
             artifact_sweep_ms: self.artifact_sweep_ms,
             artifact_gc_ms: self.artifact_gc_ms,
+            artifact_unnamed_grace_ms: self.artifact_unnamed_grace_ms,
             upload_limit_bytes: self.upload_limit_bytes,
         }
     }

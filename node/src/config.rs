@@ -136,6 +136,8 @@ pub struct ConfigFile {
     pub artifact_sweep_ms: Option<u64>,
     /// How often unpinned blobs are deleted, in ms [default: 10000].
     pub artifact_gc_ms: Option<u64>,
+    /// How long a blob that no job names yet (an output before its completion commits) is kept.
+    pub artifact_unnamed_grace_ms: Option<u64>,
     /// Largest upload (`POST /storage/upload`), in bytes [default: 16 GiB].
     pub upload_limit_bytes: Option<u64>,
 }
@@ -216,6 +218,9 @@ impl ConfigFile {
             artifact_replicas: other.artifact_replicas.or(self.artifact_replicas),
             artifact_sweep_ms: other.artifact_sweep_ms.or(self.artifact_sweep_ms),
             artifact_gc_ms: other.artifact_gc_ms.or(self.artifact_gc_ms),
+            artifact_unnamed_grace_ms: other
+                .artifact_unnamed_grace_ms
+                .or(self.artifact_unnamed_grace_ms),
             upload_limit_bytes: other.upload_limit_bytes.or(self.upload_limit_bytes),
         }
     }
@@ -488,6 +493,9 @@ impl NodeConfig {
                 .unwrap_or(art_defaults.sweep_ms)
                 .max(100),
             gc_ms: c.artifact_gc_ms.unwrap_or(art_defaults.gc_ms).max(100),
+            unnamed_grace_ms: c
+                .artifact_unnamed_grace_ms
+                .unwrap_or(art_defaults.unnamed_grace_ms),
             upload_max_bytes: c
                 .upload_limit_bytes
                 .unwrap_or(art_defaults.upload_max_bytes),

@@ -246,6 +246,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         joblog.clone(),
         clock.clone(),
         cfg.compat.retention,
+        cfg.artifacts.ttl_ms,
         stop_rx.clone(),
     ));
 

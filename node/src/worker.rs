@@ -854,15 +854,20 @@ pub async fn run_ticker(
 }
 
 /// Proposes `Expire` when finished jobs are past their result retention (fal keeps results 1 h,
-/// 6 min when large). Checked a few times per retention period, at most every 30 s: a job held for
+/// 6 min when large), and `ForgetFiles` when the file lists that outlived them are past the
+/// artifact TTL. Checked a few times per retention period, at most every 30 s: a job held for
 /// an owed webhook keeps the table due, and each proposal is a log entry.
 pub async fn run_result_expiry(
     joblog: JobLog,
     clock: Arc<dyn Clock>,
     retention: runmesh_proto::Retention,
+    artifact_ttl_ms: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let shortest = retention.retain_ms.min(retention.large_retain_ms);
+    let shortest = retention
+        .retain_ms
+        .min(retention.large_retain_ms)
+        .min(artifact_ttl_ms);
     let mut every = tokio::time::interval(Duration::from_millis((shortest / 4).clamp(100, 30_000)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -874,15 +879,30 @@ pub async fn run_result_expiry(
             }
             _ = every.tick() => {
                 let now_ms = clock.now_ms();
-                if !tick_due(joblog.read(|t| t.next_expiry_due_ms(retention)), now_ms) {
-                    continue;
-                }
-                match joblog.propose(JobCommand::Expire { now_ms, retention }).await {
-                    Ok(CommandResult::Expired { removed }) if removed > 0 => {
-                        info!(removed, "finished requests expired");
+                let (results_due, files_due) = joblog.read(|t| {
+                    (
+                        t.next_expiry_due_ms(retention),
+                        t.next_files_forget_due_ms(artifact_ttl_ms),
+                    )
+                });
+                if tick_due(results_due, now_ms) {
+                    match joblog.propose(JobCommand::Expire { now_ms, retention }).await {
+                        Ok(CommandResult::Expired { removed }) if removed > 0 => {
+                            info!(removed, "finished requests expired");
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(error = %e, "expiry not proposed"),
                     }
-                    Ok(_) => {}
-                    Err(e) => debug!(error = %e, "expiry not proposed"),
+                }
+                if tick_due(files_due, now_ms) {
+                    let cmd = JobCommand::ForgetFiles { now_ms, ttl_ms: artifact_ttl_ms };
+                    match joblog.propose(cmd).await {
+                        Ok(CommandResult::Expired { removed }) if removed > 0 => {
+                            info!(removed, "file lists of expired requests forgotten");
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(error = %e, "file expiry not proposed"),
+                    }
                 }
             }
         }

@@ -311,6 +311,9 @@ pub enum JobCommand {
     /// fal's "delete IO": forget a finished job's input and output payloads; every node drops
     /// its blobs at the next collection.
     DeleteIo { request_id: RequestId, now_ms: u64 },
+    /// Forget the file lists that outlived their jobs' results (the blobs then go on every node)
+    /// once `ttl_ms` (the artifact TTL, 30 days by default) has passed since their jobs ended.
+    ForgetFiles { now_ms: u64, ttl_ms: u64 },
 }
 
 /// Results at least this large (output JSON bytes) are kept for [`Retention::large_retain_ms`].
@@ -347,7 +350,7 @@ impl JobCommand {
             | Self::Fail { request_id, .. }
             | Self::RequestCancel { request_id, .. }
             | Self::Cancel { request_id, .. } => Some(request_id),
-            Self::Tick { .. } | Self::Expire { .. } => None,
+            Self::Tick { .. } | Self::Expire { .. } | Self::ForgetFiles { .. } => None,
         }
     }
 }

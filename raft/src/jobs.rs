@@ -65,10 +65,29 @@ impl JobRecord {
     }
 }
 
+/// The files of a job whose result has expired. Results are kept for an hour (fal's retention),
+/// artifacts for their own, longer TTL (30 days by default): so the file list outlives the job
+/// record, and the node's retention sweep keeps the blobs until [`JobCommand::ForgetFiles`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptFiles {
+    pub request_id: RequestId,
+    /// The job's arrival order (the newest naming of a hash wins in file lookups).
+    pub seq: u64,
+    pub finished_at_ms: u64,
+    /// The worker that made the outputs (a provider of their blobs).
+    pub worker: Option<NodeId>,
+    pub files: Vec<FileRef>,
+    /// Hashes the job's input named (uploads, large inputs kept as blobs).
+    pub input_hashes: Vec<String>,
+    /// A delete IO after the result expired: the blobs go, the record stays until forgotten.
+    pub io_deleted_at_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct TableData {
     jobs: Vec<JobRecord>,
     next_seq: u64,
+    kept_files: Vec<KeptFiles>,
 }
 
 /// The job table with its indexes. Indexes are derived: a snapshot holds the records alone.
@@ -84,6 +103,9 @@ pub struct JobTable {
     start_deadlines: BTreeSet<(u64, RequestId)>,
     /// Finished jobs by end time, `[small results, large results]`, for [`JobCommand::Expire`].
     finished: [BTreeSet<(u64, RequestId)>; 2],
+    /// File lists of expired jobs, and the same by end time for [`JobCommand::ForgetFiles`].
+    kept_files: HashMap<RequestId, KeptFiles>,
+    kept_by_time: BTreeSet<(u64, RequestId)>,
 }
 
 /// Which `finished` index a job belongs in, and when it ended; `None` until it is terminal.
@@ -157,6 +179,19 @@ impl JobTable {
     /// All jobs, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &JobRecord> + '_ {
         self.jobs.values()
+    }
+
+    /// File lists of jobs whose result expired (see [`KeptFiles`]), in no particular order.
+    pub fn kept_files(&self) -> impl Iterator<Item = &KeptFiles> + '_ {
+        self.kept_files.values()
+    }
+
+    /// The earliest instant at which [`JobCommand::ForgetFiles`] under `ttl_ms` would drop a
+    /// kept file list.
+    pub fn next_files_forget_due_ms(&self, ttl_ms: u64) -> Option<u64> {
+        self.kept_by_time
+            .first()
+            .map(|(at, _)| at.saturating_add(ttl_ms))
     }
 
     /// The earliest instant at which a [`JobCommand::Tick`] would change something.
@@ -265,6 +300,7 @@ impl JobTable {
             JobCommand::DeleteIo { request_id, now_ms } => {
                 self.delete_io(request_id, now_ms, touched)
             }
+            JobCommand::ForgetFiles { now_ms, ttl_ms } => self.forget_files(now_ms, ttl_ms),
         };
         // Every change of state goes through `touched`, so this one place sees each job end.
         for id in &touched[first_touched..] {
@@ -442,7 +478,14 @@ impl JobTable {
         touched: &mut Vec<RequestId>,
     ) -> CommandResult {
         let Some(rec) = self.jobs.get_mut(&id) else {
-            return CommandResult::Rejected(Rejection::NotFound);
+            // The result expired but its files are still kept: they go now.
+            return match self.kept_files.get_mut(&id) {
+                Some(kept) => {
+                    kept.io_deleted_at_ms.get_or_insert(now_ms);
+                    CommandResult::Applied
+                }
+                None => CommandResult::Rejected(Rejection::NotFound),
+            };
         };
         if !rec.state.is_terminal() {
             return CommandResult::Rejected(Rejection::NotQueued);
@@ -613,12 +656,60 @@ impl JobTable {
                 .collect();
             for key in due {
                 self.finished[class].remove(&key);
-                self.jobs.remove(&key.1);
+                if let Some(rec) = self.jobs.remove(&key.1) {
+                    self.keep_files_of(rec, key.0);
+                }
                 touched.push(key.1);
                 removed += 1;
             }
         }
         CommandResult::Expired { removed }
+    }
+
+    /// An expiring job's file list, when it names files and its payloads were not deleted (a
+    /// deleted job's blobs are already being collected).
+    fn keep_files_of(&mut self, rec: JobRecord, finished_at_ms: u64) {
+        if rec.io_deleted_at_ms.is_some() {
+            return;
+        }
+        let mut input_hashes = runmesh_proto::file_hashes_in(&rec.spec.input_json);
+        input_hashes.sort();
+        input_hashes.dedup();
+        input_hashes.truncate(FILES_PER_JOB_MAX);
+        if rec.files.is_empty() && input_hashes.is_empty() {
+            return;
+        }
+        let id = rec.spec.request_id.clone();
+        self.kept_by_time.insert((finished_at_ms, id.clone()));
+        self.kept_files.insert(
+            id.clone(),
+            KeptFiles {
+                request_id: id,
+                seq: rec.seq,
+                finished_at_ms,
+                worker: rec.last_worker,
+                files: rec.files,
+                input_hashes,
+                io_deleted_at_ms: None,
+            },
+        );
+    }
+
+    /// [`JobCommand::ForgetFiles`]: drops the kept file lists older than `ttl_ms` at `now_ms`.
+    fn forget_files(&mut self, now_ms: u64, ttl_ms: u64) -> CommandResult {
+        let due: Vec<(u64, RequestId)> = self
+            .kept_by_time
+            .iter()
+            .take_while(|(at, _)| at.saturating_add(ttl_ms) <= now_ms)
+            .cloned()
+            .collect();
+        for key in &due {
+            self.kept_by_time.remove(key);
+            self.kept_files.remove(&key.1);
+        }
+        CommandResult::Expired {
+            removed: u32::try_from(due.len()).unwrap_or(u32::MAX),
+        }
     }
 
     /// The earliest instant at which an [`JobCommand::Expire`] under `retention` would forget a
@@ -680,15 +771,19 @@ impl JobTable {
             && by_app == queued
             && running == self.leases.len()
             && terminal == finished
+            && self.kept_by_time.len() == self.kept_files.len()
     }
 
     /// Serialises the records (not the indexes) for a Raft snapshot.
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, runmesh_proto::ProtoError> {
         let mut jobs: Vec<JobRecord> = self.jobs.values().cloned().collect();
         jobs.sort_by_key(|r| r.seq);
+        let mut kept_files: Vec<KeptFiles> = self.kept_files.values().cloned().collect();
+        kept_files.sort_by_key(|k| k.seq);
         runmesh_proto::codec::encode(&TableData {
             jobs,
             next_seq: self.next_seq,
+            kept_files,
         })
     }
 
@@ -714,6 +809,12 @@ impl JobTable {
                 }
             }
             table.jobs.insert(rec.spec.request_id.clone(), rec);
+        }
+        for kept in data.kept_files {
+            table
+                .kept_by_time
+                .insert((kept.finished_at_ms, kept.request_id.clone()));
+            table.kept_files.insert(kept.request_id.clone(), kept);
         }
         Ok(table)
     }
@@ -1081,5 +1182,92 @@ mod tests {
         let back = JobTable::from_snapshot_bytes(&t.to_snapshot_bytes().unwrap()).unwrap();
         assert!(back.indexes_consistent());
         assert_eq!(back.next_expiry_due_ms(r), t.next_expiry_due_ms(r));
+    }
+
+    #[test]
+    fn files_outlive_their_results_until_forgotten_or_deleted() {
+        let mut t = JobTable::new();
+        let r = Retention {
+            retain_ms: 1_000,
+            large_retain_ms: 1_000,
+        };
+        let file = |n: u8| FileRef {
+            hash: format!("{n:02x}").repeat(32),
+            size: 10,
+            content_type: "image/png".into(),
+            file_name: "out.png".into(),
+        };
+        let mut ids = Vec::new();
+        for (i, with_files) in [(0u8, true), (1, true), (2, false)] {
+            let mut s = spec("o/a", Priority::Normal, None);
+            s.input_json = format!("{{\"u\":\"http://n/files/{}/in.png\"}}", "ee".repeat(32));
+            if !with_files {
+                s.input_json = "{}".into();
+            }
+            submit(&mut t, &s);
+            assign(&mut t, &s.request_id, 2_000);
+            let files = if with_files { vec![file(i)] } else { vec![] };
+            let done = JobCommand::CompleteWithFiles {
+                request_id: s.request_id.clone(),
+                worker: 7,
+                attempt: 1,
+                output_json: "{}".into(),
+                files,
+                inference_time_ms: 1,
+                now_ms: 2_500,
+            };
+            assert_eq!(apply(&mut t, done), CommandResult::Applied);
+            ids.push(s.request_id);
+        }
+        apply(
+            &mut t,
+            JobCommand::Expire {
+                now_ms: 4_000,
+                retention: r,
+            },
+        );
+        assert!(t.is_empty(), "every result expired");
+        // The two jobs that named files keep them (the third named none).
+        let mut kept: Vec<&KeptFiles> = t.kept_files().collect();
+        kept.sort_by_key(|k| k.seq);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].files, vec![file(0)]);
+        assert_eq!(kept[0].worker, Some(7));
+        assert_eq!(kept[0].finished_at_ms, 2_500);
+        assert_eq!(kept[0].input_hashes, vec!["ee".repeat(32)]);
+        assert_eq!(t.next_files_forget_due_ms(10_000), Some(12_500));
+        let back = JobTable::from_snapshot_bytes(&t.to_snapshot_bytes().unwrap()).unwrap();
+        assert_eq!(back.kept_files().count(), 2);
+        assert!(back.indexes_consistent());
+        // Delete IO still reaches an expired job's files.
+        let del = JobCommand::DeleteIo {
+            request_id: ids[1].clone(),
+            now_ms: 5_000,
+        };
+        assert_eq!(apply(&mut t, del), CommandResult::Applied);
+        assert!(t.kept_files().any(|k| k.io_deleted_at_ms == Some(5_000)));
+        let unknown = JobCommand::DeleteIo {
+            request_id: ids[2].clone(),
+            now_ms: 5_000,
+        };
+        assert_eq!(
+            apply(&mut t, unknown),
+            CommandResult::Rejected(Rejection::NotFound)
+        );
+        // Not yet past the artifact TTL, then past it.
+        let forget = |now_ms| JobCommand::ForgetFiles {
+            now_ms,
+            ttl_ms: 10_000,
+        };
+        assert_eq!(
+            apply(&mut t, forget(12_499)),
+            CommandResult::Expired { removed: 0 }
+        );
+        assert_eq!(
+            apply(&mut t, forget(12_500)),
+            CommandResult::Expired { removed: 2 }
+        );
+        assert_eq!(t.kept_files().count(), 0);
+        assert!(t.indexes_consistent());
     }
 }
