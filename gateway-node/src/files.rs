@@ -461,6 +461,38 @@ pub(crate) async fn upload(state: &AppState, ctx: &RequestContext, req: Request)
     }
 }
 
+/// How long the Python client caches an upload token before asking again.
+const STORAGE_TOKEN_TTL_MS: u64 = 3_600_000;
+
+/// `POST /storage/auth/token?storage_type=fal-cdn-v3`: what fal's Python client asks for before
+/// `POST <base_url>/files/upload`. This node's upload endpoint takes the caller's own credentials,
+/// so the "token" is the one the caller presented (its key, scheme and all), and `base_url` is
+/// this node: no second secret exists to leak or revoke.
+pub(crate) fn storage_token(
+    state: &AppState,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    let (token_type, token) = presented.split_once(' ').unwrap_or(("Key", presented));
+    let expires_at = runmesh_proto::time::format_timestamp_ms(
+        state.joblog.now_ms().saturating_add(STORAGE_TOKEN_TTL_MS),
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "token": token.trim(),
+            "token_type": token_type,
+            "base_url": base_root(ctx),
+            "expires_at": format!("{expires_at}+00:00"),
+        }),
+    )
+}
+
 /// The request's base URL without a surface prefix (`/files/` sits at the root).
 fn base_root(ctx: &RequestContext) -> String {
     let base = ctx.base.as_str();

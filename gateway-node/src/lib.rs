@@ -342,6 +342,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             files::get(&state, &hash, file_name.as_deref(), req).await
         }
         Route::Upload => files::upload(&state, &ctx, req).await,
+        Route::StorageToken => files::storage_token(&state, &ctx, req.headers()),
         Route::DeleteIo { id } => files::delete_io(&state, &id).await,
     }
 }

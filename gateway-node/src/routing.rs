@@ -191,6 +191,9 @@ pub enum Route {
     },
     /// `POST /storage/upload` (and fal's CDN shape `POST /files/upload`): raw bytes in, a URL out.
     Upload,
+    /// `POST /storage/auth/token`: the upload token the Python client asks for before it POSTs to
+    /// `<base_url>/files/upload`.
+    StorageToken,
     /// `DELETE /admin/requests/{id}/io`: fal's "delete IO" (inputs and outputs of a finished job).
     DeleteIo {
         id: String,
@@ -251,6 +254,9 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
                 "POST",
                 Route::AdminWebhookRetry { id: id.to_string() },
             )
+        }
+        ["storage", "auth", "token"] => {
+            return only(method, &Method::POST, "POST", Route::StorageToken)
         }
         ["files", "upload"] | ["storage", "upload"] => {
             return only(method, &Method::POST, "POST", Route::Upload)

@@ -2,8 +2,8 @@
 
 Configured only the documented way, by the test that starts the node (tests/tests/compat_clients.rs):
 FAL_RUN_HOST, FAL_QUEUE_RUN_HOST, FAL_KEY, SSL_CERT_FILE. Nothing in fal_client is patched, except
-REST_URL for the one check of `realtime(use_jwt=True)` (fal hard-codes rest.fal.ai there; see
-docs/COMPATIBILITY.md). Prints one `ok:` line per check; exits non-zero on the first failure.
+REST_URL for the one check of `realtime(use_jwt=True)` and the uploads, and CDN_URL for the uploads
+(fal hard-codes rest.fal.ai and v3.fal.media there; see docs/COMPATIBILITY.md). Prints one `ok:` line per check; exits non-zero on the first failure.
 """
 
 import json
@@ -12,6 +12,7 @@ import sys
 import time
 
 import fal_client
+import httpx
 import fal_client.client as fc
 from fal_client.client import FalClientHTTPError, RealtimeError
 
@@ -183,6 +184,24 @@ def main():
     payload = json.loads(got[1][1])
     check(payload["status"] == "ERROR" and "hook-boom" in json.dumps(payload["payload"]), f"error webhook {payload}")
     receiver.close()
+
+    # Files: an app's output File object downloads over https, and `upload` (fal hard-codes its
+    # REST_URL and CDN_URL: REST_URL points here already, CDN_URL too now) returns a URL that an
+    # app reads as a local file.
+    out = client.subscribe("runmesh/noise", {"bytes": 300000, "seed": 9})
+    f = out["file"]
+    check(f["file_size"] == 300000 and f["content_type"] == "application/octet-stream"
+          and f["url"].startswith("https://"), f"an output File object {f}")
+    got = httpx.get(f["url"]).content
+    check(len(got) == 300000, "the output file downloads whole")
+    fc.CDN_URL = f"https://{RUN_HOST}"
+    uploader = fal_client.SyncClient(default_timeout=60)
+    data = bytes(range(256)) * 1000
+    url = uploader.upload(data, "image/png", file_name="in.png")
+    check(url.startswith("https://") and "/files/" in url, f"upload returns a file URL {url}")
+    check(httpx.get(url).content == data, "the uploaded file reads back")
+    out = client.subscribe("runmesh/hash", {"file_url": url})
+    check(out["size"] == len(data) and out["blake3"] in url, f"an app reads the upload {out}")
 
     print("all fal-client conformance checks passed", flush=True)
 
