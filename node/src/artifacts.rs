@@ -121,8 +121,9 @@ pub struct SweepPlan {
     pub named: HashSet<String>,
     /// Named by a job that is neither deleted nor expired.
     pub live: HashSet<String>,
-    /// Live outputs: hash → (size, the worker that made it).
-    pub outputs: BTreeMap<String, (u64, Option<NodeId>)>,
+    /// Live blobs that get replicas: hash → the node that first held it (the worker for an
+    /// output, the accepting node for an input a job names), tried first when fetching.
+    pub replicated: BTreeMap<String, Option<NodeId>>,
 }
 
 /// Pure: which hashes the table keeps alive at `now_ms` under `ttl_ms`.
@@ -141,16 +142,21 @@ pub fn plan_sweep(table: &JobTable, now_ms: u64, ttl_ms: u64) -> SweepPlan {
             && finished_at.is_none_or(|t| t.saturating_add(ttl_ms) > now_ms);
         plan.named.extend(rec.deleted_hashes.iter().cloned());
         let inputs = referenced_hashes(&rec.spec.input_json);
+        if alive {
+            // A queued job's large input (or upload) must survive its accepting node.
+            for h in &inputs {
+                plan.replicated
+                    .entry(h.clone())
+                    .or_insert(Some(rec.spec.accepted_by));
+            }
+            for f in &rec.files {
+                plan.replicated.insert(f.hash.clone(), rec.last_worker);
+            }
+        }
         for h in rec.files.iter().map(|f| f.hash.clone()).chain(inputs) {
             plan.named.insert(h.clone());
             if alive {
                 plan.live.insert(h);
-            }
-        }
-        if alive {
-            for f in &rec.files {
-                plan.outputs
-                    .insert(f.hash.clone(), (f.size, rec.last_worker));
             }
         }
     }
@@ -167,7 +173,7 @@ pub fn plan_sweep(table: &JobTable, now_ms: u64, ttl_ms: u64) -> SweepPlan {
         }
         if alive {
             for f in &kept.files {
-                plan.outputs.insert(f.hash.clone(), (f.size, kept.worker));
+                plan.replicated.insert(f.hash.clone(), kept.worker);
             }
         }
     }
@@ -359,7 +365,7 @@ impl Artifacts {
                     .collect();
                 let me = self.joblog.node_id();
                 let mut done = 0;
-                for (hash, (_size, worker)) in &plan.outputs {
+                for (hash, worker) in &plan.replicated {
                     if done >= REPLICATIONS_PER_SWEEP {
                         break;
                     }

@@ -447,3 +447,47 @@ async fn files_outlive_the_results_that_named_them() {
     }
     assert!(holds(&cluster.nodes[0], &hash_of(&file), size as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_large_input_survives_its_accepting_node() {
+    // Nothing is placed while the hold file exists, so the input waits on the node that took it
+    // until a replica copies it.
+    let hold_dir = tempfile::tempdir().unwrap();
+    let hold = hold_dir.path().join("hold");
+    std::fs::write(&hold, b"").unwrap();
+    let hold_arg = hold.to_string_lossy().to_string();
+    let extra = [
+        "--artifact-sweep-ms",
+        "300",
+        "--artifact-replicas",
+        "1",
+        "--dispatch-hold-file",
+        hold_arg.as_str(),
+    ];
+    let mut cluster = Cluster::start_with(3, |i| opts(i, &extra));
+    cluster.wait_membership(3, 0, MEMBERSHIP_TIMEOUT).await;
+    let c = cluster.api(2);
+    let text: String = (0..30_000).map(|i| format!("{i} ")).collect();
+    let input = json!({"text": text});
+    let input_len = input.to_string().len() as u64;
+    let s = c.submit("runmesh/echo", &input).await;
+    assert!(holds_size(&cluster.nodes[2], input_len), "stored as a blob");
+    let deadline = Instant::now() + COMPLETE_TIMEOUT;
+    while !(0..2).any(|i| holds_size(&cluster.nodes[i], input_len)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        (0..2).any(|i| holds_size(&cluster.nodes[i], input_len)),
+        "no other node copied the queued job's input"
+    );
+    cluster.nodes[2].kill9();
+    std::fs::remove_file(&hold).unwrap();
+    let a = cluster.api(0);
+    a.wait_completed("runmesh/echo", &s.request_id, COMPLETE_TIMEOUT)
+        .await;
+    let out = a.result("runmesh/echo", &s.request_id).await.json();
+    assert!(
+        out == input,
+        "the echo of the input differs after its node died"
+    );
+}
