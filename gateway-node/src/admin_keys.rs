@@ -36,7 +36,7 @@ async fn propose(state: &AppState, cmd: Command) -> Result<CommandOutput, ApiErr
     })
 }
 
-async fn json_body(state: &AppState, req: Request) -> Result<Value, ApiError> {
+pub(crate) async fn json_body(state: &AppState, req: Request) -> Result<Value, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body, state.config.body_limit_bytes).await?;
     if bytes.trim_ascii().is_empty() {

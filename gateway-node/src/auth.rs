@@ -413,7 +413,11 @@ impl RateLimiter {
 pub fn need_of(route: &Route) -> Need {
     match route {
         // A blob's URL is its hash: whoever holds the URL may read it (as with fal's CDN URLs).
-        Route::Health | Route::Jwks | Route::File { .. } => Need::Public,
+        Route::Health | Route::Jwks | Route::File { .. } | Route::UploadedFile { .. } => {
+            Need::Public
+        }
+        // The JS client PUTs without credentials; the URL's token is this node's MAC instead.
+        Route::UploadPut { .. } => Need::Public,
         Route::DeleteIo { .. }
         | Route::AdminKeys
         | Route::AdminKeyRevoke { .. }

@@ -179,7 +179,16 @@ fn namings(table: &JobTable) -> impl Iterator<Item = Naming<'_>> + '_ {
         deleted: k.io_deleted_at_ms.is_some(),
         deleted_hashes: &[],
     });
-    jobs.chain(kept)
+    // Uploads rank below jobs: a job's own type and name for the same bytes win.
+    let uploads = table.uploads().map(|u| Naming {
+        seq: 0,
+        files: std::slice::from_ref(&u.file),
+        worker: Some(u.holder),
+        finished_at_ms: Some(u.named_at_ms),
+        deleted: false,
+        deleted_hashes: &[],
+    });
+    jobs.chain(kept).chain(uploads)
 }
 
 /// [`Lookup`] of `hash` at `now_ms`, artifacts kept `ttl_ms` after their job finished (`None`:
@@ -461,6 +470,130 @@ pub(crate) async fn upload(state: &AppState, ctx: &RequestContext, req: Request)
     }
 }
 
+/// A fresh upload token: 16 random bytes and 8 bytes of SHA-256 over them under this process's
+/// secret, in hex. The PUT needs no credentials (the JS client sends none), so only URLs this
+/// node handed out are accepted; a restarted node no longer accepts the ones it gave before.
+fn new_upload_token() -> String {
+    let nonce: [u8; 16] = rand::random();
+    let hex = hex_of(&nonce);
+    format!("{hex}{}", upload_mac(&hex))
+}
+
+fn upload_mac(nonce_hex: &str) -> String {
+    use sha2::Digest as _;
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let secret = SECRET.get_or_init(rand::random);
+    let mut h = sha2::Sha256::new();
+    h.update(secret);
+    h.update(nonce_hex.as_bytes());
+    hex_of(&h.finalize()[..8])
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn upload_token_valid(token: &str) -> bool {
+    token.len() == 48
+        && token.bytes().all(|b| b.is_ascii_hexdigit())
+        && token.is_char_boundary(32)
+        && upload_mac(&token[..32]) == token[32..]
+}
+
+/// `POST /storage/upload/initiate?storage_type=...` with `{"content_type", "file_name"}`: the JS
+/// client's upload, step one. Answers `{"upload_url", "file_url"}`; nothing is stored until the
+/// PUT. The file URL names the token (its hash is not known yet); any node resolves it once the
+/// PUT has bound it in the job log.
+pub(crate) async fn upload_initiate(
+    state: &AppState,
+    ctx: &RequestContext,
+    req: Request,
+) -> Response {
+    if store(state).is_none() {
+        return ApiError::Unavailable("this node stores no files".into()).into_response();
+    }
+    let body = match crate::admin_keys::json_body(state, req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let name = url_name(body["file_name"].as_str().unwrap_or("upload"));
+    let token = new_upload_token();
+    let base = base_root(ctx);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "upload_url": format!("{base}/storage/upload/put/{token}/{name}"),
+            "file_url": format!("{base}/files/t/{token}/{name}"),
+        }),
+    )
+}
+
+/// `PUT /storage/upload/put/{token}[/{name}]`: the bytes of an initiated upload become a blob on
+/// this node, and `NameUpload` binds the token to it for every node. A token binds once.
+pub(crate) async fn upload_put(
+    state: &AppState,
+    ctx: &RequestContext,
+    token: &str,
+    file_name: Option<&str>,
+    req: Request,
+) -> Response {
+    let Some(files) = store(state) else {
+        return ApiError::Unavailable("this node stores no files".into()).into_response();
+    };
+    if !upload_token_valid(token) {
+        return ApiError::NotFound.into_response();
+    }
+    if state.joblog.read(|t| t.upload(token).is_some()) {
+        return already_uploaded();
+    }
+    let name = file_name.map(url_name).unwrap_or_else(|| "upload".into());
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.len() <= 255)
+        .unwrap_or_else(|| guess_content_type(&name).to_string());
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other))
+        .boxed();
+    let file = match files.upload(body, content_type, name.clone()).await {
+        Ok(f) => f,
+        Err(e) => return file_error(e),
+    };
+    let cmd = JobCommand::NameUpload {
+        token: token.to_string(),
+        file: file.clone(),
+        holder: state.joblog.node_id(),
+        now_ms: state.joblog.now_ms(),
+    };
+    match state.joblog.propose(cmd).await {
+        Ok(CommandResult::Applied) => {
+            let url = format!("{}/files/t/{token}/{name}", base_root(ctx));
+            json_response(StatusCode::OK, &fal_file(&file, url))
+        }
+        Ok(CommandResult::Duplicate) => already_uploaded(),
+        Ok(other) => ApiError::Internal(format!("upload not named: {other:?}")).into_response(),
+        Err(e) => ApiError::Unavailable(format!("Could not be recorded: {e}")).into_response(),
+    }
+}
+
+fn already_uploaded() -> Response {
+    json_response(
+        StatusCode::CONFLICT,
+        &json!({ "detail": "This upload URL was used already; initiate a new upload." }),
+    )
+}
+
+/// The token of an initiated upload's file URL (`.../files/t/{token}[/name]`), if `url` is one.
+pub fn upload_token_in(url: &str) -> Option<&str> {
+    let rest = &url[url.find("/files/t/")? + "/files/t/".len()..];
+    let token = rest.split(['/', '?', '#']).next()?;
+    (!token.is_empty()).then_some(token)
+}
+
 /// How long the Python client caches an upload token before asking again.
 const STORAGE_TOKEN_TTL_MS: u64 = 3_600_000;
 
@@ -561,5 +694,20 @@ mod tests {
         assert_eq!(url_name(&"x".repeat(1000)).len(), FILE_NAME_MAX);
         assert_eq!(guess_content_type("x.PNG"), "image/png");
         assert_eq!(guess_content_type("noext"), "application/octet-stream");
+    }
+
+    #[test]
+    fn upload_tokens_carry_this_nodes_mac() {
+        let t = new_upload_token();
+        assert!(upload_token_valid(&t), "{t}");
+        assert_ne!(t, new_upload_token());
+        let mut forged = t.clone().into_bytes();
+        forged[0] = if forged[0] == b'0' { b'1' } else { b'0' };
+        assert!(!upload_token_valid(std::str::from_utf8(&forged).unwrap()));
+        assert!(!upload_token_valid("zz"));
+        assert!(!upload_token_valid(&"é".repeat(24)));
+        assert_eq!(upload_token_in("https://h/files/t/abc/x.png"), Some("abc"));
+        assert_eq!(upload_token_in("https://h/files/t/abc?x=1"), Some("abc"));
+        assert_eq!(upload_token_in("https://h/files/abc"), None);
     }
 }

@@ -343,6 +343,19 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         }
         Route::Upload => files::upload(&state, &ctx, req).await,
         Route::StorageToken => files::storage_token(&state, &ctx, req.headers()),
+        Route::UploadInitiate => files::upload_initiate(&state, &ctx, req).await,
+        Route::UploadPut { token, file_name } => {
+            files::upload_put(&state, &ctx, &token, file_name.as_deref(), req).await
+        }
+        Route::UploadedFile { token, file_name } => {
+            let hash = state
+                .joblog
+                .read(|t| t.upload(&token).map(|u| u.file.hash.clone()));
+            match hash {
+                Some(hash) => files::get(&state, &hash, file_name.as_deref(), req).await,
+                None => ApiError::NotFound.into_response(),
+            }
+        }
         Route::DeleteIo { id } => files::delete_io(&state, &id).await,
     }
 }

@@ -191,6 +191,19 @@ pub enum Route {
     },
     /// `POST /storage/upload` (and fal's CDN shape `POST /files/upload`): raw bytes in, a URL out.
     Upload,
+    /// `POST /storage/upload/initiate`: the JS client's first upload step (a PUT URL and the
+    /// file's URL to be).
+    UploadInitiate,
+    /// `PUT /storage/upload/put/{token}[/{file_name}]`: the bytes of an initiated upload.
+    UploadPut {
+        token: String,
+        file_name: Option<String>,
+    },
+    /// `GET|HEAD /files/t/{token}[/{file_name}]`: an initiated upload's file.
+    UploadedFile {
+        token: String,
+        file_name: Option<String>,
+    },
     /// `POST /storage/auth/token`: the upload token the Python client asks for before it POSTs to
     /// `<base_url>/files/upload`.
     StorageToken,
@@ -254,6 +267,27 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
                 "POST",
                 Route::AdminWebhookRetry { id: id.to_string() },
             )
+        }
+        ["storage", "upload", "initiate"] => {
+            return only(method, &Method::POST, "POST", Route::UploadInitiate)
+        }
+        ["storage", "upload", "put", token] | ["storage", "upload", "put", token, _] => {
+            let route = Route::UploadPut {
+                token: token.to_string(),
+                file_name: segments.get(4).map(|n| n.to_string()),
+            };
+            return only(method, &Method::PUT, "PUT", route);
+        }
+        ["files", "t", token] | ["files", "t", token, _] => {
+            let route = Route::UploadedFile {
+                token: token.to_string(),
+                file_name: segments.get(3).map(|n| n.to_string()),
+            };
+            return if method == Method::GET || method == Method::HEAD {
+                route
+            } else {
+                Route::MethodNotAllowed { allow: "GET, HEAD" }
+            };
         }
         ["storage", "auth", "token"] => {
             return only(method, &Method::POST, "POST", Route::StorageToken)

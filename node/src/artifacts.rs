@@ -160,6 +160,15 @@ pub fn plan_sweep(table: &JobTable, now_ms: u64, ttl_ms: u64) -> SweepPlan {
             }
         }
     }
+    // Uploads bound to a token (the JS client's flow) live for the artifact TTL from their PUT.
+    for up in table.uploads() {
+        let h = &up.file.hash;
+        plan.named.insert(h.clone());
+        if up.named_at_ms.saturating_add(ttl_ms) > now_ms {
+            plan.live.insert(h.clone());
+            plan.replicated.entry(h.clone()).or_insert(Some(up.holder));
+        }
+    }
     // Jobs whose result expired keep their files for the artifact TTL.
     for kept in table.kept_files() {
         let alive =
@@ -333,7 +342,11 @@ impl Artifacts {
                 .map_err(|e| e.to_string())?;
             return Ok(path);
         }
-        let Some(hash) = referenced_hashes(&url).into_iter().next() else {
+        let token_hash = gwfiles::upload_token_in(&url).and_then(|token| {
+            self.joblog
+                .read(|t| t.upload(token).map(|u| u.file.hash.clone()))
+        });
+        let Some(hash) = token_hash.or_else(|| referenced_hashes(&url).into_iter().next()) else {
             return Err(format!(
                 "{:?} is neither a /files/ URL of this cluster nor a data: URI",
                 url.chars().take(200).collect::<String>()

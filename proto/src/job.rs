@@ -314,6 +314,15 @@ pub enum JobCommand {
     /// Forget the file lists that outlived their jobs' results (the blobs then go on every node)
     /// once `ttl_ms` (the artifact TTL, 30 days by default) has passed since their jobs ended.
     ForgetFiles { now_ms: u64, ttl_ms: u64 },
+    /// An upload by the JS client's flow (`/storage/upload/initiate`, then `PUT`): its file URL
+    /// names `token`, handed out before the bytes existed; this binds the token to the blob,
+    /// which `holder` stores. The first binding of a token wins. Kept for the artifact TTL.
+    NameUpload {
+        token: String,
+        file: FileRef,
+        holder: NodeId,
+        now_ms: u64,
+    },
 }
 
 /// Results at least this large (output JSON bytes) are kept for [`Retention::large_retain_ms`].
@@ -350,7 +359,10 @@ impl JobCommand {
             | Self::Fail { request_id, .. }
             | Self::RequestCancel { request_id, .. }
             | Self::Cancel { request_id, .. } => Some(request_id),
-            Self::Tick { .. } | Self::Expire { .. } | Self::ForgetFiles { .. } => None,
+            Self::Tick { .. }
+            | Self::Expire { .. }
+            | Self::ForgetFiles { .. }
+            | Self::NameUpload { .. } => None,
         }
     }
 }

@@ -83,11 +83,24 @@ pub struct KeptFiles {
     pub io_deleted_at_ms: Option<u64>,
 }
 
+/// A file uploaded under a token (see [`JobCommand::NameUpload`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedUpload {
+    pub token: String,
+    pub file: FileRef,
+    pub holder: NodeId,
+    pub named_at_ms: u64,
+}
+
+/// Longest upload token accepted (the gateway makes 48 hex characters).
+pub const UPLOAD_TOKEN_LEN_MAX: usize = 128;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct TableData {
     jobs: Vec<JobRecord>,
     next_seq: u64,
     kept_files: Vec<KeptFiles>,
+    uploads: Vec<NamedUpload>,
 }
 
 /// The job table with its indexes. Indexes are derived: a snapshot holds the records alone.
@@ -106,6 +119,9 @@ pub struct JobTable {
     /// File lists of expired jobs, and the same by end time for [`JobCommand::ForgetFiles`].
     kept_files: HashMap<RequestId, KeptFiles>,
     kept_by_time: BTreeSet<(u64, RequestId)>,
+    /// Uploads by token, and the same by time for [`JobCommand::ForgetFiles`].
+    uploads: HashMap<String, NamedUpload>,
+    uploads_by_time: BTreeSet<(u64, String)>,
 }
 
 /// Which `finished` index a job belongs in, and when it ended; `None` until it is terminal.
@@ -189,9 +205,22 @@ impl JobTable {
     /// The earliest instant at which [`JobCommand::ForgetFiles`] under `ttl_ms` would drop a
     /// kept file list.
     pub fn next_files_forget_due_ms(&self, ttl_ms: u64) -> Option<u64> {
-        self.kept_by_time
-            .first()
-            .map(|(at, _)| at.saturating_add(ttl_ms))
+        let kept = self.kept_by_time.first().map(|(at, _)| *at);
+        let upload = self.uploads_by_time.first().map(|(at, _)| *at);
+        kept.into_iter()
+            .chain(upload)
+            .min()
+            .map(|at| at.saturating_add(ttl_ms))
+    }
+
+    /// The upload bound to `token`, if any.
+    pub fn upload(&self, token: &str) -> Option<&NamedUpload> {
+        self.uploads.get(token)
+    }
+
+    /// Every named upload, in no particular order.
+    pub fn uploads(&self) -> impl Iterator<Item = &NamedUpload> + '_ {
+        self.uploads.values()
     }
 
     /// The earliest instant at which a [`JobCommand::Tick`] would change something.
@@ -301,6 +330,12 @@ impl JobTable {
                 self.delete_io(request_id, now_ms, touched)
             }
             JobCommand::ForgetFiles { now_ms, ttl_ms } => self.forget_files(now_ms, ttl_ms),
+            JobCommand::NameUpload {
+                token,
+                file,
+                holder,
+                now_ms,
+            } => self.name_upload(token, file, holder, now_ms),
         };
         // Every change of state goes through `touched`, so this one place sees each job end.
         for id in &touched[first_touched..] {
@@ -707,9 +742,46 @@ impl JobTable {
             self.kept_by_time.remove(key);
             self.kept_files.remove(&key.1);
         }
-        CommandResult::Expired {
-            removed: u32::try_from(due.len()).unwrap_or(u32::MAX),
+        let uploads: Vec<(u64, String)> = self
+            .uploads_by_time
+            .iter()
+            .take_while(|(at, _)| at.saturating_add(ttl_ms) <= now_ms)
+            .cloned()
+            .collect();
+        for key in &uploads {
+            self.uploads_by_time.remove(key);
+            self.uploads.remove(&key.1);
         }
+        let removed = due.len() + uploads.len();
+        CommandResult::Expired {
+            removed: u32::try_from(removed).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn name_upload(
+        &mut self,
+        token: String,
+        file: FileRef,
+        holder: NodeId,
+        now_ms: u64,
+    ) -> CommandResult {
+        if token.is_empty() || token.len() > UPLOAD_TOKEN_LEN_MAX {
+            return CommandResult::Rejected(Rejection::NotFound);
+        }
+        if self.uploads.contains_key(&token) {
+            return CommandResult::Duplicate;
+        }
+        self.uploads_by_time.insert((now_ms, token.clone()));
+        self.uploads.insert(
+            token.clone(),
+            NamedUpload {
+                token,
+                file,
+                holder,
+                named_at_ms: now_ms,
+            },
+        );
+        CommandResult::Applied
     }
 
     /// The earliest instant at which an [`JobCommand::Expire`] under `retention` would forget a
@@ -772,6 +844,7 @@ impl JobTable {
             && running == self.leases.len()
             && terminal == finished
             && self.kept_by_time.len() == self.kept_files.len()
+            && self.uploads_by_time.len() == self.uploads.len()
     }
 
     /// Serialises the records (not the indexes) for a Raft snapshot.
@@ -780,10 +853,13 @@ impl JobTable {
         jobs.sort_by_key(|r| r.seq);
         let mut kept_files: Vec<KeptFiles> = self.kept_files.values().cloned().collect();
         kept_files.sort_by_key(|k| k.seq);
+        let mut uploads: Vec<NamedUpload> = self.uploads.values().cloned().collect();
+        uploads.sort_by(|a, b| (a.named_at_ms, &a.token).cmp(&(b.named_at_ms, &b.token)));
         runmesh_proto::codec::encode(&TableData {
             jobs,
             next_seq: self.next_seq,
             kept_files,
+            uploads,
         })
     }
 
@@ -815,6 +891,12 @@ impl JobTable {
                 .kept_by_time
                 .insert((kept.finished_at_ms, kept.request_id.clone()));
             table.kept_files.insert(kept.request_id.clone(), kept);
+        }
+        for up in data.uploads {
+            table
+                .uploads_by_time
+                .insert((up.named_at_ms, up.token.clone()));
+            table.uploads.insert(up.token.clone(), up);
         }
         Ok(table)
     }
@@ -1268,6 +1350,41 @@ mod tests {
             CommandResult::Expired { removed: 2 }
         );
         assert_eq!(t.kept_files().count(), 0);
+        assert!(t.indexes_consistent());
+    }
+
+    #[test]
+    fn an_upload_token_binds_once_and_is_forgotten_at_the_ttl() {
+        let mut t = JobTable::new();
+        let file = FileRef {
+            hash: "cd".repeat(32),
+            size: 3,
+            content_type: "image/png".into(),
+            file_name: "a.png".into(),
+        };
+        let name = |token: &str, now_ms| JobCommand::NameUpload {
+            token: token.into(),
+            file: file.clone(),
+            holder: 4,
+            now_ms,
+        };
+        assert_eq!(apply(&mut t, name("tok", 1_000)), CommandResult::Applied);
+        assert_eq!(apply(&mut t, name("tok", 1_500)), CommandResult::Duplicate);
+        assert!(matches!(
+            apply(&mut t, name("", 1_500)),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(t.upload("tok").map(|u| u.holder), Some(4));
+        let back = JobTable::from_snapshot_bytes(&t.to_snapshot_bytes().unwrap()).unwrap();
+        assert_eq!(back.upload("tok"), t.upload("tok"));
+        assert!(back.indexes_consistent());
+        assert_eq!(t.next_files_forget_due_ms(500), Some(1_500));
+        let forget = JobCommand::ForgetFiles {
+            now_ms: 1_500,
+            ttl_ms: 500,
+        };
+        assert_eq!(apply(&mut t, forget), CommandResult::Expired { removed: 1 });
+        assert!(t.upload("tok").is_none());
         assert!(t.indexes_consistent());
     }
 }

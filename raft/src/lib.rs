@@ -18,6 +18,6 @@ pub mod types;
 pub mod webhooks;
 
 pub use joblog::{JobLog, JobLogConfig, JobLogError, Proposer, ProposerConfig};
-pub use jobs::{JobRecord, JobTable, KeptFiles};
+pub use jobs::{JobRecord, JobTable, KeptFiles, NamedUpload};
 pub use state::ClusterState;
 pub use types::TypeConfig;

@@ -68,6 +68,12 @@ fn path_of(file: &Value) -> String {
     url[i..].to_string()
 }
 
+/// The path (and query) of an absolute URL.
+fn path_from(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme[after_scheme.find('/').unwrap_or(after_scheme.len())..].to_string()
+}
+
 fn hash_of(file: &Value) -> String {
     path_of(file)
         .trim_start_matches("/files/")
@@ -262,6 +268,42 @@ async fn files_move_between_nodes_and_follow_their_jobs() {
     let r = c.get(&path_of(&up)).await;
     assert_eq!(r.status, 200);
     assert!(r.body == payload, "an upload on B read back from C");
+    // The JS client's flow: initiate, PUT the bytes to the answered URL, read it back by its
+    // token URL on another node; an upload URL binds once, and only URLs the node made work.
+    let r = b
+        .send(
+            Method::POST,
+            "/storage/upload/initiate?storage_type=fal-cdn-v3",
+            &[("content-type", "application/json")],
+            Some(br#"{"content_type":"image/png","file_name":"js.png"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let init = r.json();
+    let put_path = path_from(init["upload_url"].as_str().unwrap());
+    let file_path_t = path_from(init["file_url"].as_str().unwrap());
+    let put = |body: Vec<u8>| {
+        let b = b.clone();
+        let put_path = put_path.clone();
+        async move {
+            b.send(
+                Method::PUT,
+                &put_path,
+                &[("content-type", "image/png")],
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(put(payload.clone()).await.status, 200);
+    assert_eq!(put(b"other".to_vec()).await.status, 409, "a second PUT");
+    let r = c.get(&file_path_t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert!(r.body == payload, "a JS-flow upload on B read back from C");
+    let forged = format!("/storage/upload/put/{}/x.png", "ab".repeat(24));
+    let r = b.send(Method::PUT, &forged, &[], Some(b"x".to_vec())).await;
+    assert_eq!(r.status, 404, "a token the node did not make");
     let s = a.submit("runmesh/hash", &json!({"file_url": up_url})).await;
     let done = a
         .wait_completed("runmesh/hash", &s.request_id, COMPLETE_TIMEOUT)

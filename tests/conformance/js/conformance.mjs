@@ -224,6 +224,19 @@ async function main() {
   check(hook.body.request_id === hooked.request_id && hook.body.status === "OK" && hook.body.payload.hook === "js", "webhook payload");
   rx.server.close();
 
+  // Storage: fal.storage.upload (initiate on rest.fal.ai, rewritten to the node, then a PUT to the
+  // upload_url it answered) and the automatic upload of a Blob inside an input.
+  const bytes = new Uint8Array(200_000).map((_, i) => i % 253);
+  const fileUrl = await fal.storage.upload(new Blob([bytes], { type: "image/png" }));
+  check(fileUrl.startsWith(`https://${HOST}/files/`), `storage.upload returns a node URL ${fileUrl}`);
+  const back = new Uint8Array(await (await fetch(fileUrl)).arrayBuffer());
+  check(back.length === bytes.length && back.every((b, i) => b === bytes[i]), "the upload reads back");
+  const hashed = await fal.subscribe("runmesh/hash", { input: { file_url: new Blob([bytes]) } });
+  check(hashed.data.size === bytes.length, `a Blob input reaches the app as a file ${JSON.stringify(hashed.data)}`);
+  const noise = await fal.subscribe("runmesh/noise", { input: { bytes: 1000, seed: 2 } });
+  const got = await (await fetch(noise.data.file.url)).arrayBuffer();
+  check(got.byteLength === 1000 && noise.data.file.file_size === 1000, "an output File downloads");
+
   // proxyUrl mode: every request goes to the node's proxy endpoint with the URL it meant in
   // x-fal-target-url (the client's documented alternative to requestMiddleware), no rewriting.
   const viaProxy = (await import("@fal-ai/client")).createFalClient({
