@@ -1,4 +1,4 @@
-//! The Gemma 3 forward pass on candle ops, over the GGUF's quantized tensors (`QMatMul`).
+//! The Gemma 3 forward pass on candle ops, over the GGUF's tensors.
 //!
 //! Written here because candle-transformers' `quantized_gemma3` computes a different function (SiLU
 //! instead of GELU-tanh in the MLP, and a KV cache that ignores the sliding window; see
@@ -16,7 +16,7 @@
 //! weights; single-token decode steps use the quantized kernels. candle's quantized CPU matmul
 //! rounds its input rows to 8 bits (Q8_0 / Q8_K blocks) before the integer dot products, like
 //! ggml. That is a ~0.5% error per product, and this model amplifies it at some positions of a
-//! long prompt (post-sublayer RMSNorms, one MLP with a gain of ~24 at position 680 of the
+//! long prompt (in the float64 model, layer 4's MLP has a gain of ~24 at position 680 of the
 //! 681-token reference case): there the 8-bit path put the last logits ~2.6 below the float64
 //! reference, while f32 products match it to 1e-4 (docs/RUNNERS.md, "Precision").
 
