@@ -9,18 +9,16 @@
 pub mod model;
 pub mod tokenizer;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use runmesh_proto::fal::FieldError;
-use runmesh_proto::AppId;
 use serde_json::{json, Value};
 
-use super::models::GEMMA;
-use super::pool::WarmPool;
+use super::model_app::{ModelApp, ModelHome};
+use super::models::{PinnedModel, GEMMA};
 use super::{App, AppError, AppFuture, AppManifest, JobContext};
 use model::Model;
 use tokenizer::{TextStream, Tokenizer};
@@ -224,42 +222,26 @@ impl Gemma {
 
 /// The app; one instance serves every job and shares the loaded model through the warm pool.
 pub struct GemmaApp {
-    dir: PathBuf,
-    pool: Arc<WarmPool>,
-    device: Device,
+    home: ModelHome,
 }
 
-impl GemmaApp {
-    pub fn new(dir: PathBuf, pool: Arc<WarmPool>) -> Self {
-        Self {
-            dir,
-            pool,
-            device: super::minilm::default_device(),
-        }
+impl ModelApp for GemmaApp {
+    type Model = Gemma;
+    const MODEL: &'static PinnedModel = &GEMMA;
+    const DISPLAY: &'static str = "gemma-3-270m";
+    const MEMORY_MB: u64 = MEMORY_MB;
+
+    fn load(dir: &Path, device: &Device) -> Result<Gemma, String> {
+        Gemma::load(dir, device)
     }
 
-    pub fn app_id() -> AppId {
-        AppId {
-            namespace: None,
-            owner: "runmesh".into(),
-            alias: GEMMA.app_alias.into(),
-        }
+    fn from_home(home: ModelHome) -> Self {
+        Self { home }
     }
 
-    /// Loads the model into the pool now (for `min_warm`).
-    pub async fn warm(&self) -> Result<(), AppError> {
-        loaded(&self.pool, &self.dir, &self.device)
-            .await
-            .map(|_| ())
+    fn home(&self) -> &ModelHome {
+        &self.home
     }
-}
-
-async fn loaded(pool: &WarmPool, dir: &Path, device: &Device) -> Result<Arc<Gemma>, AppError> {
-    let dir = dir.to_path_buf();
-    let device = device.clone();
-    pool.get_or_load(GEMMA.name, MEMORY_MB, move || Gemma::load(&dir, &device))
-        .await
-        .map_err(|e| AppError::runner(e.to_string()))
 }
 
 /// The input, with defaults applied (the schema has checked types and ranges).
@@ -355,7 +337,7 @@ impl App for GemmaApp {
         .with_models([MODEL_NAME])
         .with_input_schema(input_schema())
         .with_output_schema(output_schema())
-        .with_cost(MEMORY_MB, 0, 2000)
+        .with_cost(Self::MEMORY_MB, 0, 2000)
     }
 
     fn validate(&self, _subpath: Option<&str>, _input: &Value) -> Result<(), Vec<FieldError>> {
@@ -363,25 +345,18 @@ impl App for GemmaApp {
     }
 
     fn has_capacity(&self) -> bool {
-        self.pool.has_capacity(GEMMA.name)
+        self.home.has_capacity::<Self>()
     }
 
     fn is_warm(&self) -> bool {
-        self.pool.is_warm(GEMMA.name)
+        self.home.is_warm::<Self>()
     }
 
     fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
-        let pool = self.pool.clone();
-        let dir = self.dir.clone();
-        let device = self.device.clone();
+        let home = self.home.clone();
         Box::pin(async move {
             let (prompt, params) = parse(&input)?;
-            let _permit = pool.acquire(GEMMA.name).await;
-            let warm = pool.is_warm(GEMMA.name);
-            let model = loaded(&pool, &dir, &device).await?;
-            if !warm {
-                ctx.info("loaded gemma-3-270m");
-            }
+            let (_permit, model) = home.start::<Self>(&ctx).await?;
             if ctx.is_cancelled() {
                 return Err(AppError::cancelled());
             }
