@@ -16,9 +16,10 @@
 //! weights; single-token decode steps use the quantized kernels. candle's quantized CPU matmul
 //! rounds its input rows to 8 bits (Q8_0 / Q8_K blocks) before the integer dot products, like
 //! ggml. That is a ~0.5% error per product, and this model amplifies it at some positions of a
-//! long prompt (in the float64 model, layer 4's MLP has a gain of ~24 at position 680 of the
-//! 681-token reference case): there the 8-bit path put the last logits ~2.6 below the float64
-//! reference, while f32 products match it to 1e-4 (docs/RUNNERS.md, "Precision").
+//! long prompt (in the float64 model, layer 4's MLP has a gain of ~14 at position 680 of the
+//! 681-token reference case, ~4.5 at most others): there the 8-bit path put the last logits
+//! ~2.6 below the float64 reference, while f32 products match it to 1e-4 (docs/RUNNERS.md,
+//! "Precision").
 
 use std::sync::Arc;
 
@@ -424,9 +425,10 @@ mod tests {
 
     /// Evidence for the precision note at the top: candle's quantized matmul is not wrong at
     /// prefill sizes. On one weight of each kernel family this model hits (Q5_0: generic path;
-    /// Q4_K: repacked AVX-512, AMX from 32 rows where present; Q6_K: repacked from 2 rows) the product over many
-    /// rows equals the row-by-row one, and both sit ~0.5-1% from the f32 product: the 8-bit
-    /// rounding of the input rows, the same at every size. Needs the weights (RUNMESH_MODELS_DIR).
+    /// Q4_K: repacked AVX-512, AMX from 32 rows where present; Q6_K: repacked from 2 rows) the
+    /// product over many rows equals the row-by-row one, and both sit ~0.5-1% from the f32
+    /// product: the 8-bit rounding of the input rows, the same at every size. Needs the weights
+    /// (RUNMESH_MODELS_DIR).
     #[test]
     fn quantized_matmul_does_not_depend_on_the_row_count() {
         let Some(dir) = std::env::var_os("RUNMESH_MODELS_DIR") else {
