@@ -6,19 +6,17 @@
 //! `tokenizer.json` pads every text to 128 tokens; that padding is replaced, since an unmasked mean over
 //! padding gives wrong vectors (see ../shared/models.md).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 use runmesh_proto::fal::FieldError;
-use runmesh_proto::AppId;
 use serde_json::{json, Value};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::models::MINILM;
-use super::pool::WarmPool;
+use super::model_app::{ModelApp, ModelHome};
+use super::models::{PinnedModel, MINILM};
 use super::{App, AppError, AppFuture, AppManifest, JobContext};
 
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
@@ -149,44 +147,29 @@ fn pool_and_normalise(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Ten
 
 /// The app; one instance serves every job and shares the loaded model through the warm pool.
 pub struct MiniLmApp {
-    dir: PathBuf,
-    pool: Arc<WarmPool>,
-    device: Device,
+    home: ModelHome,
+}
+
+impl ModelApp for MiniLmApp {
+    type Model = Embedder;
+    const MODEL: &'static PinnedModel = &MINILM;
+    const DISPLAY: &'static str = "all-MiniLM-L6-v2";
+    const MEMORY_MB: u64 = MEMORY_MB;
+
+    fn load(dir: &Path, device: &Device) -> Result<Embedder, String> {
+        Embedder::load(dir, device)
+    }
+
+    fn from_home(home: ModelHome) -> Self {
+        Self { home }
+    }
+
+    fn home(&self) -> &ModelHome {
+        &self.home
+    }
 }
 
 impl MiniLmApp {
-    pub fn new(dir: PathBuf, pool: Arc<WarmPool>) -> Self {
-        Self {
-            dir,
-            pool,
-            device: default_device(),
-        }
-    }
-
-    pub fn app_id() -> AppId {
-        AppId {
-            namespace: None,
-            owner: "runmesh".into(),
-            alias: MINILM.app_alias.into(),
-        }
-    }
-
-    /// Loads the model into the pool now (for `min_warm`).
-    pub async fn warm(&self) -> Result<(), AppError> {
-        self.loaded().await.map(|_| ())
-    }
-
-    async fn loaded(&self) -> Result<Arc<Embedder>, AppError> {
-        let dir = self.dir.clone();
-        let device = self.device.clone();
-        self.pool
-            .get_or_load(MINILM.name, MEMORY_MB, move || {
-                Embedder::load(&dir, &device)
-            })
-            .await
-            .map_err(|e| AppError::runner(e.to_string()))
-    }
-
     fn parse(input: &Value) -> Result<Vec<String>, AppError> {
         let texts = input
             .get("texts")
@@ -240,7 +223,7 @@ impl App for MiniLmApp {
         .with_models([MODEL_NAME])
         .with_input_schema(input_schema())
         .with_output_schema(output_schema())
-        .with_cost(MEMORY_MB, 0, 300)
+        .with_cost(Self::MEMORY_MB, 0, 300)
     }
 
     fn validate(&self, _subpath: Option<&str>, _input: &Value) -> Result<(), Vec<FieldError>> {
@@ -249,28 +232,18 @@ impl App for MiniLmApp {
     }
 
     fn has_capacity(&self) -> bool {
-        self.pool.has_capacity(MINILM.name)
+        self.home.has_capacity::<Self>()
     }
 
     fn is_warm(&self) -> bool {
-        self.pool.is_warm(MINILM.name)
+        self.home.is_warm::<Self>()
     }
 
     fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
-        let pool = self.pool.clone();
-        let this = Self {
-            dir: self.dir.clone(),
-            pool: self.pool.clone(),
-            device: self.device.clone(),
-        };
+        let home = self.home.clone();
         Box::pin(async move {
             let texts = Self::parse(&input)?;
-            let _permit = pool.acquire(MINILM.name).await;
-            let warm = pool.is_warm(MINILM.name);
-            let model = this.loaded().await?;
-            if !warm {
-                ctx.info("loaded all-MiniLM-L6-v2");
-            }
+            let (_permit, model) = home.start::<Self>(&ctx).await?;
             let total = texts.len();
             let mut embeddings: Vec<Vec<f32>> = Vec::with_capacity(total);
             for chunk in texts.chunks(BATCH_MAX) {

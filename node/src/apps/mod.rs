@@ -11,6 +11,8 @@ pub mod cli;
 pub mod gemma;
 #[cfg(feature = "models")]
 pub mod minilm;
+#[cfg(feature = "models")]
+pub mod model_app;
 pub mod models;
 pub mod onnx;
 pub mod pool;

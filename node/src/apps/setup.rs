@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::models::{self, GEMMA, MINILM, SILERO_VAD};
+use super::models;
 use super::pool::WarmPool;
 use super::{App as _, AppRegistry};
 use crate::config::NodeConfig;
@@ -80,71 +80,17 @@ pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
 
 #[cfg(feature = "models")]
 async fn install_minilm(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    use super::minilm::MiniLmApp;
-    match models::check_present(dir, &MINILM) {
-        Ok(model_dir) => {
-            let app = MiniLmApp::new(model_dir, pool.clone());
-            if pool.config().policy(MINILM.name).min_warm > 0 {
-                match app.warm().await {
-                    Ok(()) => info!(model = MINILM.name, "loaded at start (min_warm)"),
-                    Err(e) => {
-                        registry.mark_unavailable(MiniLmApp::app_id(), e.message.clone());
-                        return;
-                    }
-                }
-            }
-            if let Err(e) = registry.register(Arc::new(app)) {
-                error!(error = %e, "all-MiniLM-L6-v2 not registered");
-            }
-        }
-        Err(why) => registry.mark_unavailable(MiniLmApp::app_id(), why),
-    }
+    super::model_app::install::<super::minilm::MiniLmApp>(registry, pool, dir).await;
 }
 
 #[cfg(feature = "models")]
 async fn install_vad(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    use super::vad::VadApp;
-    match models::check_present(dir, &SILERO_VAD) {
-        Ok(model_dir) => {
-            let app = VadApp::new(model_dir, pool.clone());
-            if pool.config().policy(SILERO_VAD.name).min_warm > 0 {
-                match app.warm().await {
-                    Ok(()) => info!(model = SILERO_VAD.name, "loaded at start (min_warm)"),
-                    Err(e) => {
-                        registry.mark_unavailable(VadApp::app_id(), e.message.clone());
-                        return;
-                    }
-                }
-            }
-            if let Err(e) = registry.register(Arc::new(app)) {
-                error!(error = %e, "Silero VAD not registered");
-            }
-        }
-        Err(why) => registry.mark_unavailable(VadApp::app_id(), why),
-    }
+    super::model_app::install::<super::vad::VadApp>(registry, pool, dir).await;
 }
 
 #[cfg(feature = "models")]
 async fn install_gemma(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    use super::gemma::GemmaApp;
-    match models::check_present(dir, &GEMMA) {
-        Ok(model_dir) => {
-            let app = GemmaApp::new(model_dir, pool.clone());
-            if pool.config().policy(GEMMA.name).min_warm > 0 {
-                match app.warm().await {
-                    Ok(()) => info!(model = GEMMA.name, "loaded at start (min_warm)"),
-                    Err(e) => {
-                        registry.mark_unavailable(GemmaApp::app_id(), e.message.clone());
-                        return;
-                    }
-                }
-            }
-            if let Err(e) = registry.register(Arc::new(app)) {
-                error!(error = %e, "gemma-3-270m not registered");
-            }
-        }
-        Err(why) => registry.mark_unavailable(GemmaApp::app_id(), why),
-    }
+    super::model_app::install::<super::gemma::GemmaApp>(registry, pool, dir).await;
 }
 
 #[cfg(not(feature = "models"))]
@@ -159,15 +105,15 @@ fn without_models(registry: &mut AppRegistry, model: &models::PinnedModel) {
 
 #[cfg(not(feature = "models"))]
 async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
-    without_models(registry, &MINILM);
+    without_models(registry, &models::MINILM);
 }
 
 #[cfg(not(feature = "models"))]
 async fn install_vad(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
-    without_models(registry, &SILERO_VAD);
+    without_models(registry, &models::SILERO_VAD);
 }
 
 #[cfg(not(feature = "models"))]
 async fn install_gemma(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
-    without_models(registry, &GEMMA);
+    without_models(registry, &models::GEMMA);
 }

@@ -12,20 +12,19 @@
 //! so it runs batched over [`BATCH_CHUNKS`] chunks; only the recurrence steps chunk by chunk.
 //! Segments follow silero's `get_speech_timestamps` (without `max_speech_duration_s`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
 use runmesh_proto::fal::FieldError;
-use runmesh_proto::{AppId, ErrorType};
+use runmesh_proto::ErrorType;
 use serde_json::{json, Value};
 
 use super::audio::{self, AudioError, SAMPLE_RATE};
 use super::fields;
-use super::minilm::default_device;
-use super::models::SILERO_VAD;
+use super::model_app::{ModelApp, ModelHome};
+use super::models::{PinnedModel, SILERO_VAD};
 use super::onnx;
-use super::pool::WarmPool;
 use super::{App, AppError, AppFuture, AppManifest, JobContext};
 
 pub const MODEL_NAME: &str = "silero-vad";
@@ -355,9 +354,7 @@ pub fn segments(probs: &[f32], len: usize, p: &SegmentParams) -> Vec<(usize, usi
 
 /// The app; one instance serves every job and shares the loaded model through the warm pool.
 pub struct VadApp {
-    dir: PathBuf,
-    pool: Arc<WarmPool>,
-    device: Device,
+    home: ModelHome,
 }
 
 pub fn input_schema() -> Value {
@@ -431,35 +428,22 @@ fn decode(bytes: &[u8]) -> Result<Vec<f32>, AudioError> {
     audio::parse_wav(bytes)?.to_16k()
 }
 
-impl VadApp {
-    pub fn new(dir: PathBuf, pool: Arc<WarmPool>) -> Self {
-        Self {
-            dir,
-            pool,
-            device: default_device(),
-        }
+impl ModelApp for VadApp {
+    type Model = Vad;
+    const MODEL: &'static PinnedModel = &SILERO_VAD;
+    const DISPLAY: &'static str = "Silero VAD";
+    const MEMORY_MB: u64 = MEMORY_MB;
+
+    fn load(dir: &Path, device: &Device) -> Result<Vad, String> {
+        Vad::load(dir, device)
     }
 
-    pub fn app_id() -> AppId {
-        AppId {
-            namespace: None,
-            owner: "runmesh".into(),
-            alias: SILERO_VAD.app_alias.into(),
-        }
+    fn from_home(home: ModelHome) -> Self {
+        Self { home }
     }
 
-    /// Loads the model into the pool now (for `min_warm`).
-    pub async fn warm(&self) -> Result<(), AppError> {
-        self.loaded().await.map(|_| ())
-    }
-
-    async fn loaded(&self) -> Result<Arc<Vad>, AppError> {
-        let dir = self.dir.clone();
-        let device = self.device.clone();
-        self.pool
-            .get_or_load(SILERO_VAD.name, MEMORY_MB, move || Vad::load(&dir, &device))
-            .await
-            .map_err(|e| AppError::runner(e.to_string()))
+    fn home(&self) -> &ModelHome {
+        &self.home
     }
 }
 
@@ -472,7 +456,7 @@ impl App for VadApp {
         .with_models([MODEL_NAME])
         .with_input_schema(input_schema())
         .with_output_schema(output_schema())
-        .with_cost(MEMORY_MB, 0, 20)
+        .with_cost(Self::MEMORY_MB, 0, 20)
     }
 
     /// Range checks the schema cannot say, and a data: URI's WAV header (so a wrong format is a 422 at
@@ -492,19 +476,15 @@ impl App for VadApp {
     }
 
     fn has_capacity(&self) -> bool {
-        self.pool.has_capacity(SILERO_VAD.name)
+        self.home.has_capacity::<Self>()
     }
 
     fn is_warm(&self) -> bool {
-        self.pool.is_warm(SILERO_VAD.name)
+        self.home.is_warm::<Self>()
     }
 
     fn run(&self, ctx: JobContext, input: Value) -> AppFuture {
-        let this = Self {
-            dir: self.dir.clone(),
-            pool: self.pool.clone(),
-            device: self.device.clone(),
-        };
+        let home = self.home.clone();
         Box::pin(async move {
             let p = params(&input).map_err(|e| {
                 AppError::new(ErrorType::BadRequest, "invalid input")
@@ -525,12 +505,7 @@ impl App for VadApp {
                 len as f64 / f64::from(SAMPLE_RATE)
             ));
 
-            let _permit = this.pool.acquire(SILERO_VAD.name).await;
-            let warm = this.pool.is_warm(SILERO_VAD.name);
-            let model = this.loaded().await?;
-            if !warm {
-                ctx.info("loaded Silero VAD");
-            }
+            let (_permit, model) = home.start::<Self>(&ctx).await?;
             let mut state = model.initial_state().map_err(AppError::runner)?;
             let mut probs: Vec<f32> = Vec::with_capacity(n);
             for first in (0..n).step_by(BATCH_CHUNKS) {
@@ -572,6 +547,7 @@ impl App for VadApp {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::apps::pool::WarmPool;
     use crate::apps::schema;
 
     #[test]
