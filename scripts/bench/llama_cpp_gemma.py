@@ -18,6 +18,14 @@ import numpy as np
 from llama_cpp import Llama
 
 
+def last_logits(llm):
+    # llama-cpp-python 0.3.x no longer copies logits into `llm.scores` unless `logits_all=True`
+    # (which would run the output head on every prompt token and inflate prefill): read the last
+    # output row from the context directly.
+    ptr = llm._ctx.get_logits_ith(-1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
 def main():
     path, threads, new, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     ids = json.load(sys.stdin)
@@ -33,12 +41,12 @@ def main():
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits(llm)))
         t1 = time.perf_counter()
         out = [tok]
         for _ in range(new - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = int(np.argmax(last_logits(llm)))
             out.append(tok)
         t2 = time.perf_counter()
         rate = (new - 1) / (t2 - t1) if new > 1 else 0.0

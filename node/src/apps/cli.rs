@@ -98,7 +98,7 @@ impl BenchRow {
 
 pub fn render(rows: &[BenchRow], requests: usize) -> String {
     let mut s = format!(
-        "all-MiniLM-L6-v2 on CPU, {requests} requests per batch size, sequential (one in flight)\n\n\
+        "all-MiniLM-L6-v2 on CPU, {requests} requests per batch size and side, sides alternating request by request, one in flight\n\n\
          | batch | direct candle (emb/s) | through the node, submit→result (emb/s) | overhead (direct/node) |\n\
          |---|---|---|---|\n"
     );
@@ -134,26 +134,28 @@ pub async fn bench(
     let mut rows = Vec::new();
     for &b in batches {
         let texts = bench_texts(b.clamp(1, super::minilm::TEXTS_MAX));
-        // Direct: the same work the app does, without the node around it.
-        let (e, t) = (embedder.clone(), texts.clone());
-        let direct_s = tokio::task::spawn_blocking(move || {
-            e.embed(&t)?; // warm-up
-            let start = Instant::now();
-            for _ in 0..requests {
+        // Direct: the same work the app does, without the node around it. Through the node: queue
+        // submit, then wait for the result over the status stream. The two alternate request by
+        // request, so a change in the machine's load hits both sides alike.
+        let direct_once = |e: std::sync::Arc<Embedder>, t: Vec<String>| async move {
+            tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
                 e.embed(&t)?;
-            }
-            Ok::<_, String>(start.elapsed().as_secs_f64())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        // Through the node: queue submit, then wait for the result over the status stream.
+                Ok::<_, String>(start.elapsed().as_secs_f64())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
         let body = json!({ "texts": texts });
+        direct_once(embedder.clone(), texts.clone()).await?; // warm-up
         submit_and_wait(&client, &node.url, &url, &body, "embeddings").await?; // warm-up
-        let start = Instant::now();
+        let (mut direct_s, mut node_s) = (0.0, 0.0);
         for _ in 0..requests {
+            direct_s += direct_once(embedder.clone(), texts.clone()).await?;
+            let start = Instant::now();
             submit_and_wait(&client, &node.url, &url, &body, "embeddings").await?;
+            node_s += start.elapsed().as_secs_f64();
         }
-        let node_s = start.elapsed().as_secs_f64();
         let n = (b * requests) as f64;
         rows.push(BenchRow {
             batch: b,
@@ -213,7 +215,7 @@ pub struct VadBenchRow {
 
 pub fn render_vad(rows: &[VadBenchRow], requests: usize) -> String {
     let mut s = format!(
-        "Silero VAD on CPU, {requests} requests per clip, sequential (one in flight)\n\n\
+        "Silero VAD on CPU, {requests} requests per clip and side, sides alternating request by request, one in flight\n\n\
          | clip | chunks | direct candle (chunks/s, x real time) | through the node, submit→result (chunks/s, x real time) | overhead (direct/node) |\n\
          |---|---|---|---|---|\n"
     );
@@ -325,25 +327,29 @@ pub async fn bench_vad(
         let samples = bench_clip(secs);
         let wav = audio::encode_wav(&samples, audio::SAMPLE_RATE, false);
         // Direct: the model on the samples the node will decode from the WAV.
-        let decoded = audio::parse_wav(&wav).map_err(|e| e.to_string())?.samples;
-        let v = vad.clone();
-        let direct_s = tokio::task::spawn_blocking(move || {
-            v.probabilities(&decoded)?; // warm-up
-            let start = Instant::now();
-            for _ in 0..requests {
-                v.probabilities(&decoded)?;
-            }
-            Ok::<_, String>(start.elapsed().as_secs_f64() / requests as f64)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let decoded =
+            std::sync::Arc::new(audio::parse_wav(&wav).map_err(|e| e.to_string())?.samples);
+        // The sides alternate request by request (a change in load hits both alike).
+        let direct_once = |v: std::sync::Arc<Vad>, d: std::sync::Arc<Vec<f32>>| async move {
+            tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                v.probabilities(&d)?;
+                Ok::<_, String>(start.elapsed().as_secs_f64())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
         let body = json!({ "audio": audio::data_uri(&wav) });
+        direct_once(vad.clone(), decoded.clone()).await?; // warm-up
         submit_and_wait(&client, &node.url, &url, &body, "probabilities").await?; // warm-up
-        let start = Instant::now();
+        let (mut direct_s, mut node_s) = (0.0, 0.0);
         for _ in 0..requests {
+            direct_s += direct_once(vad.clone(), decoded.clone()).await?;
+            let start = Instant::now();
             submit_and_wait(&client, &node.url, &url, &body, "probabilities").await?;
+            node_s += start.elapsed().as_secs_f64();
         }
-        let node_s = start.elapsed().as_secs_f64() / requests as f64;
+        let (direct_s, node_s) = (direct_s / requests as f64, node_s / requests as f64);
         rows.push(VadBenchRow {
             seconds: secs,
             chunks: chunk_count(samples.len()),
