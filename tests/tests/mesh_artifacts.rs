@@ -297,7 +297,14 @@ async fn files_move_between_nodes_and_follow_their_jobs() {
     };
     assert_eq!(put(payload.clone()).await.status, 200);
     assert_eq!(put(b"other".to_vec()).await.status, 409, "a second PUT");
-    let r = c.get(&file_path_t).await;
+    // C learns the binding when it applies that entry (a job naming the URL is later in the log,
+    // so a worker always has it; a direct GET on another node may be a moment early).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut r = c.get(&file_path_t).await;
+    while r.status == 404 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r = c.get(&file_path_t).await;
+    }
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("image/png"));
     assert!(r.body == payload, "a JS-flow upload on B read back from C");
