@@ -124,6 +124,26 @@ pub struct JobTable {
     uploads_by_time: BTreeSet<(u64, String)>,
 }
 
+/// Removes from `map` (and its by-time index) the entries stamped more than `ttl_ms` before
+/// `now_ms`; returns how many.
+fn drop_older<K: Ord + Clone + std::hash::Hash + Eq, V>(
+    by_time: &mut BTreeSet<(u64, K)>,
+    map: &mut HashMap<K, V>,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> usize {
+    let due: Vec<(u64, K)> = by_time
+        .iter()
+        .take_while(|(at, _)| at.saturating_add(ttl_ms) <= now_ms)
+        .cloned()
+        .collect();
+    for key in &due {
+        by_time.remove(key);
+        map.remove(&key.1);
+    }
+    due.len()
+}
+
 /// Which `finished` index a job belongs in, and when it ended; `None` until it is terminal.
 fn finished_key(rec: &JobRecord) -> Option<(usize, u64)> {
     match &rec.state {
@@ -730,29 +750,11 @@ impl JobTable {
         );
     }
 
-    /// [`JobCommand::ForgetFiles`]: drops the kept file lists older than `ttl_ms` at `now_ms`.
+    /// [`JobCommand::ForgetFiles`]: drops the kept file lists and named uploads older than `ttl_ms`
+    /// at `now_ms`.
     fn forget_files(&mut self, now_ms: u64, ttl_ms: u64) -> CommandResult {
-        let due: Vec<(u64, RequestId)> = self
-            .kept_by_time
-            .iter()
-            .take_while(|(at, _)| at.saturating_add(ttl_ms) <= now_ms)
-            .cloned()
-            .collect();
-        for key in &due {
-            self.kept_by_time.remove(key);
-            self.kept_files.remove(&key.1);
-        }
-        let uploads: Vec<(u64, String)> = self
-            .uploads_by_time
-            .iter()
-            .take_while(|(at, _)| at.saturating_add(ttl_ms) <= now_ms)
-            .cloned()
-            .collect();
-        for key in &uploads {
-            self.uploads_by_time.remove(key);
-            self.uploads.remove(&key.1);
-        }
-        let removed = due.len() + uploads.len();
+        let removed = drop_older(&mut self.kept_by_time, &mut self.kept_files, now_ms, ttl_ms)
+            + drop_older(&mut self.uploads_by_time, &mut self.uploads, now_ms, ttl_ms);
         CommandResult::Expired {
             removed: u32::try_from(removed).unwrap_or(u32::MAX),
         }
