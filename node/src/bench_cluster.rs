@@ -323,15 +323,20 @@ impl MeshCluster {
         }
     }
 
-    /// Jobs queued, as node `i`'s replica sees them (`/healthz`).
-    async fn queued(&self, i: usize) -> Option<u64> {
+    /// `GET path` on node `i` as JSON (`None` on any failure: the callers poll).
+    async fn get_json(&self, i: usize, path: &str) -> Option<Value> {
         let r = self
             .http
-            .get(format!("{}/healthz", self.nodes[i].url))
+            .get(format!("{}{path}", self.nodes[i].url))
             .send()
             .await
             .ok()?;
-        r.json::<Value>().await.ok()?["queued"].as_u64()
+        r.json::<Value>().await.ok()
+    }
+
+    /// Jobs queued, as node `i`'s replica sees them (`/healthz`).
+    async fn queued(&self, i: usize) -> Option<u64> {
+        self.get_json(i, "/healthz").await?["queued"].as_u64()
     }
 
     /// Waits until no job is queued or running on the cluster (the echo jobs a run left behind).
@@ -354,13 +359,7 @@ impl MeshCluster {
 
     /// Jobs running on the cluster, from the cluster view's per-member load.
     async fn running(&self, i: usize) -> Option<u64> {
-        let r = self
-            .http
-            .get(format!("{}/admin/cluster", self.nodes[i].url))
-            .send()
-            .await
-            .ok()?;
-        let v: Value = r.json().await.ok()?;
+        let v = self.get_json(i, "/admin/cluster").await?;
         Some(
             v["members"]
                 .as_array()?
