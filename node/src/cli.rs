@@ -211,6 +211,15 @@ pub struct NodeArgs {
     /// and run once it is removed): a hold on the queue for maintenance. Give every voter the same.
     #[arg(long, value_name = "FILE", env = "RUNMESH_DISPATCH_HOLD_FILE")]
     pub dispatch_hold_file: Option<PathBuf>,
+    /// Whether the leader places a job in the Raft entry that submits it (one entry less per job)
+    /// [default: true]; `false` leaves every placement to the dispatcher (benchmarks compare both).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "RUNMESH_PLACE_AT_SUBMIT",
+        hide = true
+    )]
+    pub place_at_submit: Option<bool>,
     /// Blob (artifact transfer) QUIC listen address [default: the --p2p port + 2; alone:
     /// 127.0.0.1 on a free port].
     #[arg(long, value_name = "ADDR", env = "RUNMESH_BLOB")]
@@ -291,6 +300,7 @@ impl NodeArgs {
             raft_election_timeout_min_ms: self.raft_election_timeout_min_ms,
             raft_election_timeout_max_ms: self.raft_election_timeout_max_ms,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
+            place_at_submit: self.place_at_submit,
             blob: self.blob,
             public_url: self.public_url.clone(),
             artifact_ttl_s: self.artifact_ttl_s,

@@ -123,6 +123,8 @@ pub struct ConfigFile {
     pub raft_election_timeout_max_ms: Option<u64>,
     /// While this file exists, this node (when it leads) places no queued jobs.
     pub dispatch_hold_file: Option<PathBuf>,
+    /// Place a job in the entry that submits it when a node has room [default: true].
+    pub place_at_submit: Option<bool>,
     // --- artifacts (issue 6): blob endpoint, retention, replicas ---
     /// Blob QUIC listen address (overrides p2p port + 2).
     pub blob: Option<SocketAddr>,
@@ -212,6 +214,7 @@ impl ConfigFile {
                 .raft_election_timeout_max_ms
                 .or(self.raft_election_timeout_max_ms),
             dispatch_hold_file: other.dispatch_hold_file.or(self.dispatch_hold_file),
+            place_at_submit: other.place_at_submit.or(self.place_at_submit),
             blob: other.blob.or(self.blob),
             public_url: other.public_url.or(self.public_url),
             artifact_ttl_s: other.artifact_ttl_s.or(self.artifact_ttl_s),
@@ -256,6 +259,7 @@ pub struct NodeConfig {
     /// Raft timing of a mesh node (a lone node keeps the job log's own, shorter timing).
     pub raft_timing: RaftTiming,
     pub dispatch_hold_file: Option<PathBuf>,
+    pub place_at_submit: bool,
     /// Blob QUIC listen address: `--blob`, else p2p port + 2, else 127.0.0.1 on a free port.
     pub blob: SocketAddr,
     pub artifacts: crate::artifacts::ArtifactsConfig,
@@ -543,6 +547,7 @@ impl NodeConfig {
                 c.raft_election_timeout_max_ms,
             ),
             dispatch_hold_file: c.dispatch_hold_file,
+            place_at_submit: c.place_at_submit.unwrap_or(true),
             blob,
             artifacts,
         };
@@ -603,6 +608,7 @@ impl NodeConfig {
             slots: self.slots,
             lease_ms: self.lease_ms,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
+            place_at_submit: self.place_at_submit,
             ..WorkerConfig::default()
         }
     }

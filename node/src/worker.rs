@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     /// hold on the queue, e.g. while workers are upgraded, and how `runmesh bench placements`
     /// fills a queue before timing how fast the leader drains it.
     pub dispatch_hold_file: Option<std::path::PathBuf>,
+    /// The leader places a job in the Raft entry that submits it when a node has room
+    /// ([`SubmitPlacement`]); otherwise every job queues first and waits for a dispatch round.
+    pub place_at_submit: bool,
 }
 
 impl Default for WorkerConfig {
@@ -73,6 +76,7 @@ impl Default for WorkerConfig {
             cancel_grace_ms: 2_000,
             assign_batch_max: 256,
             dispatch_hold_file: None,
+            place_at_submit: true,
         }
     }
 }
@@ -388,21 +392,99 @@ fn start_jobs(
     }
 }
 
+/// Placement at submit ([`runmesh_raft::placement`]): while this node leads, the job log asks it
+/// for a worker as it writes each submit, so a job that finds a free slot starts with its submit's
+/// entry. It shares the scheduler and the pending count with the [`Dispatcher`], which takes what
+/// it leaves queued.
+pub struct SubmitPlacement {
+    mesh: Mesh,
+    lease_ms: u64,
+    hold_file: Option<std::path::PathBuf>,
+    /// Placements whose entries are being written: not in the table yet, but their slots are taken.
+    pending: std::sync::Mutex<scheduler::Pending>,
+}
+
+impl SubmitPlacement {
+    fn pending(&self) -> scheduler::Pending {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl runmesh_raft::SubmitPlacer for SubmitPlacement {
+    fn place(
+        &self,
+        view: &runmesh_raft::PlacementView<'_>,
+        specs: &[&JobSpec],
+    ) -> Vec<Option<NodeId>> {
+        if self
+            .hold_file
+            .as_deref()
+            .is_some_and(std::path::Path::exists)
+        {
+            return vec![None; specs.len()];
+        }
+        let adverts = self.mesh.up_adverts();
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let placed = scheduler::place_new(view.table, &adverts, &view.members, &pending, specs);
+        for worker in placed.iter().flatten() {
+            *pending.entry(*worker).or_default() += 1;
+        }
+        placed
+    }
+
+    fn settled(&self, workers: &[NodeId]) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in workers {
+            if let Some(n) = pending.get_mut(w) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pending.remove(w);
+                }
+            }
+        }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+}
+
 /// Places queued jobs on the cluster's nodes while this node leads.
 pub struct Dispatcher {
     joblog: JobLog,
     mesh: Mesh,
     clock: Arc<dyn Clock>,
     cfg: WorkerConfig,
+    placement: Arc<SubmitPlacement>,
 }
 
 impl Dispatcher {
+    /// Also installs the job log's [`SubmitPlacement`] when `cfg.place_at_submit` is set.
     pub fn new(joblog: JobLog, mesh: Mesh, clock: Arc<dyn Clock>, cfg: WorkerConfig) -> Self {
+        let placement = Arc::new(SubmitPlacement {
+            mesh: mesh.clone(),
+            lease_ms: cfg.lease_ms,
+            hold_file: cfg.dispatch_hold_file.clone(),
+            pending: Default::default(),
+        });
+        if cfg.place_at_submit {
+            joblog.set_placer(Some(placement.clone()));
+        }
         Self {
             joblog,
             mesh,
             clock,
             cfg,
+            placement,
         }
     }
 
@@ -470,11 +552,13 @@ impl Dispatcher {
         let members = runmesh_gateway_node::RaftMembership::read(&self.joblog);
         let voters_and_learners: BTreeSet<NodeId> =
             members.voters.union(&members.learners).copied().collect();
+        let pending = self.placement.pending();
         let plan: Vec<(RequestId, NodeId)> = self.joblog.read(|t| {
             scheduler::plan_round(
                 t,
                 &adverts,
                 &voters_and_learners,
+                &pending,
                 CLAIM_SCAN_MAX,
                 self.cfg.assign_batch_max,
             )
@@ -973,6 +1057,48 @@ mod tests {
     }
 
     #[test]
+    fn placement_at_submit_takes_free_slots_and_never_jumps_the_queue() {
+        let mut t = JobTable::new();
+        let all = BTreeSet::new();
+        let adverts = [
+            local_advert(1, 1, &["runmesh/echo"]),
+            local_advert(2, 1, &["runmesh/echo", "runmesh/sleep"]),
+        ];
+        let e1 = spec("runmesh/echo", Priority::Normal);
+        let e2 = spec("runmesh/echo", Priority::Normal);
+        let e3 = spec("runmesh/echo", Priority::Normal);
+        let s1 = spec("runmesh/sleep", Priority::Normal);
+        let none = spec("someone/else", Priority::Normal);
+        // Two free slots for echo: the first two go to different nodes, the third queues, and the
+        // sleep job finds no slot left either. Nobody serves the last one.
+        let placed = scheduler::place_new(
+            &t,
+            &adverts,
+            &all,
+            &Default::default(),
+            &[&e1, &e2, &e3, &s1, &none],
+        );
+        assert_eq!(placed.len(), 5);
+        let mut on: Vec<NodeId> = placed[..2].iter().map(|w| w.unwrap()).collect();
+        on.sort_unstable();
+        assert_eq!(on, [1, 2]);
+        assert_eq!(&placed[2..], [None, None, None]);
+        // Pending placements take their slots until the table shows them.
+        let pending: scheduler::Pending = [(2, 1)].into();
+        let placed = scheduler::place_new(&t, &adverts, &all, &pending, &[&s1, &e1]);
+        assert_eq!(placed, [None, Some(1)]);
+        // With an echo job queued, a new echo job waits behind it even where a slot is free; a
+        // job of another app does not wait for it.
+        submit(&mut t, &e3);
+        let placed = scheduler::place_new(&t, &adverts, &all, &Default::default(), &[&e1, &s1]);
+        assert_eq!(placed, [None, Some(2)]);
+        // A node outside the Raft membership is no candidate.
+        let members: BTreeSet<NodeId> = [1].into();
+        let placed = scheduler::place_new(&t, &adverts, &members, &Default::default(), &[&s1]);
+        assert_eq!(placed, [None]);
+    }
+
+    #[test]
     fn assignments_follow_priority_then_arrival_for_served_apps() {
         let mut t = JobTable::new();
         let low = spec("runmesh/echo", Priority::Low);
@@ -985,7 +1111,7 @@ mod tests {
         let all = BTreeSet::new();
         let plan = |t: &JobTable, slots, max| {
             let adverts = [local_advert(1, slots, &["runmesh/echo", "runmesh/sleep"])];
-            scheduler::plan_round(t, &adverts, &all, CLAIM_SCAN_MAX, max)
+            scheduler::plan_round(t, &adverts, &all, &Default::default(), CLAIM_SCAN_MAX, max)
                 .into_iter()
                 .map(|(id, w)| {
                     assert_eq!(w, 1);
@@ -1009,7 +1135,15 @@ mod tests {
         // A node outside the Raft membership gets nothing.
         let adverts = [local_advert(5, 4, &["runmesh/echo"])];
         let members: BTreeSet<NodeId> = [1].into();
-        assert!(scheduler::plan_round(&t, &adverts, &members, CLAIM_SCAN_MAX, 10).is_empty());
+        assert!(scheduler::plan_round(
+            &t,
+            &adverts,
+            &members,
+            &Default::default(),
+            CLAIM_SCAN_MAX,
+            10
+        )
+        .is_empty());
         // Slots already taken per the table count, whatever the advert says.
         t.apply(
             JobCommand::Assign {

@@ -323,6 +323,15 @@ pub enum JobCommand {
         holder: NodeId,
         now_ms: u64,
     },
+    /// `Submit` with its placement: the leader chose `worker` when it wrote the entry, so the job
+    /// starts running there (as if `Assign` followed at once) with one Raft entry instead of two.
+    /// Applies as `Submit` alone when the request id exists already.
+    SubmitPlaced {
+        spec: JobSpec,
+        worker: NodeId,
+        lease_ms: u64,
+        now_ms: u64,
+    },
 }
 
 /// Results at least this large (output JSON bytes) are kept for [`Retention::large_retain_ms`].
@@ -349,7 +358,7 @@ impl Default for Retention {
 impl JobCommand {
     pub fn request_id(&self) -> Option<&RequestId> {
         match self {
-            Self::Submit { spec } => Some(&spec.request_id),
+            Self::Submit { spec } | Self::SubmitPlaced { spec, .. } => Some(&spec.request_id),
             Self::Assign { request_id, .. }
             | Self::RenewLease { request_id, .. }
             | Self::AppendLogs { request_id, .. }

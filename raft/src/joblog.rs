@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::jobs::JobTable;
+use crate::placement::{Placing, SubmitPlacer};
 use crate::state::ClusterState;
 use crate::store::{LogStore, MachineState, StateMachine, Store};
 use crate::transport::{
@@ -98,7 +99,15 @@ const CHANGES_BUFFER: usize = 8_192;
 
 struct Proposal {
     cmd: Command,
-    reply: oneshot::Sender<Result<CommandOutput, JobLogError>>,
+    reply: oneshot::Sender<Result<Committed, JobLogError>>,
+    /// Sent by a follower to this node as leader: committed here or refused, never passed on.
+    forwarded: bool,
+}
+
+/// One command's output and the index of the entry that carried it.
+struct Committed {
+    output: CommandOutput,
+    log_index: u64,
 }
 
 /// Cheap to clone; all clones share one Raft instance and one table.
@@ -116,6 +125,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     store: Store,
     stopped: AtomicBool,
+    placing: Placing,
 }
 
 /// What a batch needs to commit itself, locally or at the leader.
@@ -126,6 +136,8 @@ struct Committer {
     transport: Arc<dyn RaftTransport>,
     write_timeout: Duration,
     apply_wait: Duration,
+    /// Placement at submit for the entries this node writes as leader (none in the simulator).
+    placing: Option<Placing>,
 }
 
 impl JobLog {
@@ -184,6 +196,7 @@ impl JobLog {
             let _ = raft.trigger().elect().await;
         }
 
+        let placing = Placing::new(state.clone(), clock.clone());
         let (proposals, run) = Proposer::new(
             raft.clone(),
             transport,
@@ -194,6 +207,7 @@ impl JobLog {
                 write_timeout: cfg.write_timeout,
                 apply_wait: cfg.apply_wait,
             },
+            Some(placing.clone()),
         );
         tokio::spawn(run);
         Ok(Self {
@@ -206,6 +220,7 @@ impl JobLog {
                 clock,
                 store,
                 stopped: AtomicBool::new(false),
+                placing,
             }),
         })
     }
@@ -229,6 +244,12 @@ impl JobLog {
     /// Commits any [`Command`] through Raft (batched with others) and returns its output.
     pub async fn propose_command(&self, cmd: Command) -> Result<CommandOutput, JobLogError> {
         self.inner.proposals.propose(cmd).await
+    }
+
+    /// Installs the scheduler that places submits in the entry that carries them while this node
+    /// leads (see [`crate::placement`]); without one every submit queues for the dispatcher.
+    pub fn set_placer(&self, placer: Option<Arc<dyn SubmitPlacer>>) {
+        self.inner.placing.set(placer);
     }
 
     /// The clock commands are stamped with.
@@ -353,25 +374,10 @@ impl JobLog {
                         cmds.len()
                     )));
                 }
-                let n = cmds.len();
-                // No second hop: a receiver that is not the leader says so and the sender re-resolves.
-                let result: ForwardResult = match raft.client_write(cmds).await {
-                    Ok(resp) if resp.data.len() == n => Ok(ForwardReply {
-                        log_index: resp.log_id.index,
-                        outputs: resp.data,
-                    }),
-                    Ok(resp) => Err(ForwardError::Failed(format!(
-                        "state machine returned {} results for {n} commands",
-                        resp.data.len()
-                    ))),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ForwardError::NotLeader {
-                            leader: f.leader_id,
-                        })
-                    }
-                    Err(e) => Err(ForwardError::Failed(e.to_string())),
-                };
-                encode(codec::encode(&result))
+                // Through this node's own proposer, so that what followers forward shares entries
+                // (and fsyncs) with what arrives here; placed at submit there like local writes.
+                let results = self.inner.proposals.propose_forwarded(cmds).await;
+                encode(codec::encode(&forward_result(results)))
             }
         }
     }
@@ -465,6 +471,29 @@ impl JobLog {
     }
 }
 
+/// The reply to a follower's forwarded batch: every output, or why it must try again.
+fn forward_result(results: Vec<Result<Committed, JobLogError>>) -> ForwardResult {
+    let mut reply = ForwardReply {
+        log_index: 0,
+        outputs: Vec::with_capacity(results.len()),
+    };
+    for r in results {
+        match r {
+            Ok(c) => {
+                reply.log_index = reply.log_index.max(c.log_index);
+                reply.outputs.push(c.output);
+            }
+            // Some commands may have committed already; the sender's retry of them is harmless (a
+            // repeated submit is `Duplicate`, a repeated transition is rejected as stale).
+            Err(JobLogError::ForwardToLeader { leader }) => {
+                return Err(ForwardError::NotLeader { leader })
+            }
+            Err(e) => return Err(ForwardError::Failed(e.to_string())),
+        }
+    }
+    Ok(reply)
+}
+
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> JobLogError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => JobLogError::ForwardToLeader {
@@ -513,6 +542,7 @@ impl Proposer {
         raft: Raft,
         transport: Arc<dyn RaftTransport>,
         cfg: ProposerConfig,
+        placing: Option<Placing>,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
         let committer = Committer {
@@ -521,6 +551,7 @@ impl Proposer {
             transport,
             write_timeout: cfg.write_timeout,
             apply_wait: cfg.apply_wait,
+            placing,
         };
         let run = run_proposer(
             committer,
@@ -535,20 +566,48 @@ impl Proposer {
     pub async fn propose(&self, cmd: Command) -> Result<CommandOutput, JobLogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Proposal { cmd, reply })
+            .send(Proposal {
+                cmd,
+                reply,
+                forwarded: false,
+            })
             .await
             .map_err(|_| JobLogError::Unavailable("proposer stopped".into()))?;
         rx.await
             .map_err(|_| JobLogError::Unavailable("proposal dropped".into()))?
+            .map(|c| c.output)
     }
 
     /// Commits several commands, queued together so that they share a batch where the queue
     /// allows (the leader's dispatch round); one result per command, in order.
     pub async fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<CommandOutput, JobLogError>> {
+        self.queue_all(cmds, false)
+            .await
+            .into_iter()
+            .map(|r| r.map(|c| c.output))
+            .collect()
+    }
+
+    /// A follower's forwarded batch: committed by this node while it leads, else refused with
+    /// [`JobLogError::ForwardToLeader`] (no second hop; the follower re-resolves the leader).
+    async fn propose_forwarded(&self, cmds: Vec<Command>) -> Vec<Result<Committed, JobLogError>> {
+        self.queue_all(cmds, true).await
+    }
+
+    async fn queue_all(
+        &self,
+        cmds: Vec<Command>,
+        forwarded: bool,
+    ) -> Vec<Result<Committed, JobLogError>> {
         let mut waiting = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let (reply, rx) = oneshot::channel();
-            match self.tx.send(Proposal { cmd, reply }).await {
+            let proposal = Proposal {
+                cmd,
+                reply,
+                forwarded,
+            };
+            match self.tx.send(proposal).await {
                 Ok(()) => waiting.push(Some(rx)),
                 Err(_) => waiting.push(None),
             }
@@ -595,32 +654,42 @@ async fn run_proposer(
         let committer = committer.clone();
         in_flight.spawn(async move {
             let _permit = permit;
-            let (cmds, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            match committer.commit(cmds).await {
-                Ok(outputs) => {
-                    let mut results = outputs.into_iter();
-                    for reply in replies {
-                        let r = results.next().ok_or_else(|| {
-                            JobLogError::Raft("state machine returned too few results".into())
-                        });
-                        let _ = reply.send(r);
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            committer.commit_batch(batch).await;
         });
     }
     while in_flight.join_next().await.is_some() {}
 }
 
+/// Answers each proposal of a batch with its output, or all of them with the batch's error.
+fn reply_all(
+    replies: Vec<oneshot::Sender<Result<Committed, JobLogError>>>,
+    result: Result<(Vec<CommandOutput>, u64), JobLogError>,
+) {
+    match result {
+        Ok((outputs, log_index)) => {
+            let mut outputs = outputs.into_iter();
+            for reply in replies {
+                let r = outputs
+                    .next()
+                    .map(|output| Committed { output, log_index })
+                    .ok_or_else(|| {
+                        JobLogError::Raft("state machine returned too few results".into())
+                    });
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 /// How one attempt at committing a batch ended.
 enum Attempt {
-    Done(Vec<CommandOutput>),
+    /// The outputs and the index of the entry.
+    Done(Vec<CommandOutput>, u64),
     /// Try again at this leader (id and, when known, its member record).
     Redirect(NodeId, Option<BasicNode>),
     /// Try again after a pause (no leader, leader unreachable).
@@ -629,19 +698,55 @@ enum Attempt {
 }
 
 impl Committer {
+    /// Commits a batch and answers its proposals. Forwarded proposals get one local attempt: if this
+    /// node does not lead (any more), they are refused and only this node's own go on to
+    /// [`Self::commit`], which finds the leader.
+    async fn commit_batch(&self, batch: Vec<Proposal>) {
+        let (mut cmds, mut replies, mut forwarded) = (Vec::new(), Vec::new(), Vec::new());
+        for p in batch {
+            cmds.push(p.cmd);
+            replies.push(p.reply);
+            forwarded.push(p.forwarded);
+        }
+        if forwarded.iter().any(|f| *f) {
+            let leader = match self.local(cmds.clone()).await {
+                Attempt::Done(outputs, index) => return reply_all(replies, Ok((outputs, index))),
+                Attempt::Fail(e) => return reply_all(replies, Err(e)),
+                Attempt::Redirect(leader, _) => Some(leader),
+                Attempt::Retry(_) => None,
+            };
+            let mut own = (Vec::new(), Vec::new());
+            for ((cmd, reply), fwd) in cmds.into_iter().zip(replies).zip(forwarded) {
+                if fwd {
+                    let _ = reply.send(Err(JobLogError::ForwardToLeader { leader }));
+                } else {
+                    own.0.push(cmd);
+                    own.1.push(reply);
+                }
+            }
+            (cmds, replies) = own;
+            if cmds.is_empty() {
+                return;
+            }
+        }
+        let result = self.commit(cmds).await;
+        reply_all(replies, result);
+    }
+
     /// Commits a batch: locally when this node leads, else forwarded to the leader. Retries with a
     /// bounded back-off while a leader is being elected, up to `write_timeout`. A retried batch may
     /// have been committed by the first try (the answer was lost); the state machine makes that
     /// harmless (a repeated submit is `Duplicate`, a repeated transition is rejected as stale).
-    async fn commit(&self, cmds: Vec<Command>) -> Result<Vec<CommandOutput>, JobLogError> {
+    async fn commit(&self, cmds: Vec<Command>) -> Result<(Vec<CommandOutput>, u64), JobLogError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut hint: Option<(NodeId, Option<BasicNode>)> = None;
         let mut redirects = 0u32;
         // A lone voter commits or fails for good: no clone, no retries (the foundation's path).
         if self.sole_member() {
+            let (cmds, _settle) = self.place(cmds);
             return match self.raft.client_write(cmds).await {
-                Ok(resp) => Ok(resp.data),
+                Ok(resp) => Ok((resp.data, resp.log_id.index)),
                 Err(e) => Err(batch_error(e)),
             };
         }
@@ -662,7 +767,7 @@ impl Committer {
                 _ => self.local(cmds.clone()).await,
             };
             let reason = match attempt {
-                Attempt::Done(outputs) => return Ok(outputs),
+                Attempt::Done(outputs, index) => return Ok((outputs, index)),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Redirect(leader, node) if redirects < REDIRECTS_FREE => {
                     redirects += 1;
@@ -714,9 +819,23 @@ impl Committer {
         matches!((nodes.next(), nodes.next()), (Some((id, _)), None) if *id == self.me)
     }
 
+    /// Placement at submit, where this node writes the entry.
+    fn place(&self, cmds: Vec<Command>) -> (Vec<Command>, Option<crate::placement::Settle>) {
+        match &self.placing {
+            Some(p) => {
+                let (cmds, settle) = p.place(cmds);
+                (cmds, Some(settle))
+            }
+            None => (cmds, None),
+        }
+    }
+
     async fn local(&self, cmds: Vec<Command>) -> Attempt {
+        // Only the leader's placement counts; a follower's write fails below and is forwarded as a
+        // plain submit, placed again by the leader.
+        let (cmds, _settle) = self.place(cmds);
         match self.raft.client_write(cmds).await {
-            Ok(resp) => Attempt::Done(resp.data),
+            Ok(resp) => Attempt::Done(resp.data, resp.log_id.index),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
                 Some(l) if l != self.me => Attempt::Redirect(l, f.leader_node),
                 _ => Attempt::Retry("no leader".into()),
@@ -772,7 +891,7 @@ impl Committer {
                 {
                     tracing::debug!(error = %e, index = reply.log_index, "local replica lags");
                 }
-                Attempt::Done(reply.outputs)
+                Attempt::Done(reply.outputs, reply.log_index)
             }
             Ok(Ok(reply)) => Attempt::Fail(JobLogError::Raft(format!(
                 "leader returned {} results for {} commands",

@@ -356,6 +356,19 @@ impl JobTable {
                 holder,
                 now_ms,
             } => self.name_upload(token, file, holder, now_ms),
+            JobCommand::SubmitPlaced {
+                spec,
+                worker,
+                lease_ms,
+                now_ms,
+            } => {
+                let id = spec.request_id.clone();
+                let res = self.submit(spec, touched);
+                if matches!(res, CommandResult::Submitted { .. }) {
+                    self.assign(id, worker, lease_ms, now_ms, touched);
+                }
+                res
+            }
         };
         // Every change of state goes through `touched`, so this one place sees each job end.
         for id in &touched[first_touched..] {
@@ -945,6 +958,37 @@ mod tests {
                 now_ms,
             },
         )
+    }
+
+    #[test]
+    fn a_placed_submit_runs_at_once_and_a_replay_is_not_placed_again() {
+        let mut t = JobTable::new();
+        let s = spec("o/a", Priority::Normal, Some(1_000));
+        let placed = |s: &JobSpec| JobCommand::SubmitPlaced {
+            spec: s.clone(),
+            worker: 3,
+            lease_ms: 500,
+            now_ms: 100,
+        };
+        assert_eq!(
+            apply(&mut t, placed(&s)),
+            CommandResult::Submitted { queue_position: 0 }
+        );
+        let rec = t.get(&s.request_id).unwrap();
+        assert_eq!(
+            rec.state,
+            JobState::Running {
+                worker: 3,
+                attempt: 1,
+                started_at_ms: 100,
+                lease_until_ms: 600,
+            }
+        );
+        assert_eq!(t.queued_total(), 0);
+        // Its lease is what a Tick looks at next (no start deadline left for a started job).
+        assert_eq!(t.next_tick_due_ms(), Some(600));
+        assert_eq!(apply(&mut t, placed(&s)), CommandResult::Duplicate);
+        assert_eq!(t.get(&s.request_id).unwrap().attempts, 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod joblog;
 pub mod jobs;
 pub mod keys;
 pub mod memstore;
+pub mod placement;
 pub mod runtime;
 pub mod state;
 pub mod store;
@@ -19,5 +20,6 @@ pub mod webhooks;
 
 pub use joblog::{JobLog, JobLogConfig, JobLogError, Proposer, ProposerConfig};
 pub use jobs::{JobRecord, JobTable, KeptFiles, NamedUpload};
+pub use placement::{PlacementView, SubmitPlacer};
 pub use state::ClusterState;
 pub use types::TypeConfig;

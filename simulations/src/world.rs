@@ -612,7 +612,9 @@ impl World {
                     Command::Job(JobCommand::Complete { .. } | JobCommand::Fail { .. })
                 );
                 let assign_to = match &cmd {
-                    Command::Job(JobCommand::Assign { worker, .. }) => Some(*worker),
+                    Command::Job(
+                        JobCommand::Assign { worker, .. } | JobCommand::SubmitPlaced { worker, .. },
+                    ) => Some(*worker),
                     _ => None,
                 };
                 let drop_it = bug == Some(Bug::DropCompletion)
@@ -725,6 +727,7 @@ impl World {
                 write_timeout: Duration::from_millis(self.sc.cluster.write_timeout_ms),
                 apply_wait: Duration::from_secs(5),
             },
+            None,
         );
         let tasks = vec![
             tokio::spawn(run_proposer).abort_handle(),
@@ -967,7 +970,14 @@ impl World {
                     .map(|(n, _)| *n)
                     .collect();
                 self.read(id, |t| {
-                    scheduler::plan_round(t, &adverts, &members, DISPATCH_SCAN_MAX, DISPATCH_MAX)
+                    scheduler::plan_round(
+                        t,
+                        &adverts,
+                        &members,
+                        &scheduler::Pending::new(),
+                        DISPATCH_SCAN_MAX,
+                        DISPATCH_MAX,
+                    )
                 })
                 .unwrap_or_default()
             };

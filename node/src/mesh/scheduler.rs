@@ -25,10 +25,10 @@
 //! No clock, no I/O, no libp2p: the simulator links this module as it is.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use runmesh_proto::advert::{CapacityAdvert, ServedApp};
-use runmesh_proto::{AppId, JobState, NodeId, RequestId, SubmitMode};
+use runmesh_proto::{AppId, JobSpec, JobState, NodeId, RequestId, SubmitMode};
 use runmesh_raft::{JobRecord, JobTable};
 
 /// The scheduler's view of one queued job.
@@ -206,28 +206,56 @@ pub fn plan(jobs: &[JobAsk<'_>], cands: &mut [Candidate], max: usize) -> Vec<(us
     out
 }
 
+/// Placements made but not in the table yet (their entries are being written), per node.
+pub type Pending = BTreeMap<NodeId, u32>;
+
+/// The nodes of `adverts` that are Raft members (`members`; empty: no filter), each with its
+/// running count read from the table plus what `pending` says is on its way there.
+pub fn candidates(
+    table: &JobTable,
+    adverts: &[CapacityAdvert],
+    members: &BTreeSet<NodeId>,
+    pending: &Pending,
+) -> Vec<Candidate> {
+    adverts
+        .iter()
+        // A node outside the Raft cluster cannot read the log, so it could never run the job.
+        .filter(|a| members.is_empty() || members.contains(&a.raft_node_id))
+        .map(|a| {
+            let running = u32::try_from(table.running_on(a.raft_node_id).count())
+                .unwrap_or(u32::MAX)
+                .saturating_add(pending.get(&a.raft_node_id).copied().unwrap_or(0));
+            Candidate::from_advert(a, running)
+        })
+        .collect()
+}
+
+impl<'a> JobAsk<'a> {
+    pub fn of(spec: &'a JobSpec) -> Self {
+        JobAsk {
+            request_id: spec.request_id.as_str(),
+            app: spec.app(),
+            region: spec.accepted_region.as_deref(),
+            runner_hint: spec.runner_hint.as_deref(),
+            stream_to: (spec.mode == SubmitMode::Stream).then_some(spec.accepted_by),
+        }
+    }
+}
+
 /// One dispatch round on the leader: the queued jobs (first `scan_max` in run order) placed on the
-/// nodes of `adverts` that are Raft members (`members`; empty: no filter), with each node's running
-/// count read from the table. Returns at most `max` (job, worker) pairs to propose as `Assign`.
+/// [`candidates`]. Returns at most `max` (job, worker) pairs to propose as `Assign`.
 pub fn plan_round(
     table: &JobTable,
     adverts: &[CapacityAdvert],
     members: &BTreeSet<NodeId>,
+    pending: &Pending,
     scan_max: usize,
     max: usize,
 ) -> Vec<(RequestId, NodeId)> {
     if table.queued_total() == 0 || max == 0 {
         return Vec::new();
     }
-    let mut cands: Vec<Candidate> = adverts
-        .iter()
-        // A node outside the Raft cluster cannot read the log, so it could never run the job.
-        .filter(|a| members.is_empty() || members.contains(&a.raft_node_id))
-        .map(|a| {
-            let running = table.running_on(a.raft_node_id).count();
-            Candidate::from_advert(a, u32::try_from(running).unwrap_or(u32::MAX))
-        })
-        .collect();
+    let mut cands = candidates(table, adverts, members, pending);
     if cands.iter().all(|c| c.free_slots() == 0) {
         return Vec::new();
     }
@@ -236,19 +264,44 @@ pub fn plan_round(
         .take(scan_max)
         .filter(|r| r.state == JobState::Queued)
         .collect();
-    let asks: Vec<JobAsk<'_>> = queued
-        .iter()
-        .map(|r| JobAsk {
-            request_id: r.spec.request_id.as_str(),
-            app: r.spec.app(),
-            region: r.spec.accepted_region.as_deref(),
-            runner_hint: r.spec.runner_hint.as_deref(),
-            stream_to: (r.spec.mode == SubmitMode::Stream).then_some(r.spec.accepted_by),
-        })
-        .collect();
+    let asks: Vec<JobAsk<'_>> = queued.iter().map(|r| JobAsk::of(&r.spec)).collect();
     plan(&asks, &mut cands, max)
         .into_iter()
         .map(|(j, node)| (queued[j].spec.request_id.clone(), node))
+        .collect()
+}
+
+/// Placement at submit (`runmesh_raft::placement`): for each new job, in order, the node to start
+/// it on as its submit is written, or `None` to queue it. A job whose app already has jobs queued
+/// (or one queued earlier in this batch) waits behind them, since the dispatcher takes the queue in
+/// run order; so does a job no node has a free slot for.
+pub fn place_new(
+    table: &JobTable,
+    adverts: &[CapacityAdvert],
+    members: &BTreeSet<NodeId>,
+    pending: &Pending,
+    specs: &[&JobSpec],
+) -> Vec<Option<NodeId>> {
+    let mut cands = candidates(table, adverts, members, pending);
+    let mut queued_now: Vec<&AppId> = Vec::new();
+    specs
+        .iter()
+        .map(|spec| {
+            let app = spec.app();
+            if table.queue_len(app) > 0 || queued_now.contains(&app) {
+                return None;
+            }
+            match choose(&JobAsk::of(spec), &cands) {
+                Some(i) => {
+                    reserve(&mut cands[i], app);
+                    Some(cands[i].node)
+                }
+                None => {
+                    queued_now.push(app);
+                    None
+                }
+            }
+        })
         .collect()
 }
 

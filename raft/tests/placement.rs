@@ -1,0 +1,130 @@
+//! Placement at submit: with a placer installed, the leader writes a submit and its placement as
+//! one entry, and the placer's pending count is settled once the entry is applied.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runmesh_proto::{
+    CommandResult, JobCommand, JobSpec, JobState, ModelId, NodeId, Priority, RequestId, SubmitMode,
+    SystemClock,
+};
+use runmesh_raft::transport::NoNetwork;
+use runmesh_raft::{JobLog, JobLogConfig, PlacementView, SubmitPlacer};
+
+fn spec(model: &str) -> JobSpec {
+    JobSpec {
+        request_id: RequestId::new_random(),
+        model: ModelId::parse(model).expect("model id"),
+        input_json: "{}".into(),
+        webhook_url: None,
+        priority: Priority::Normal,
+        start_timeout_ms: None,
+        runner_hint: None,
+        no_retry: false,
+        mode: SubmitMode::Queue,
+        submitted_by: None,
+        accepted_by: 1,
+        accepted_region: None,
+        submitted_at_ms: 0,
+    }
+}
+
+/// Places echo jobs on node 1 and nothing else; records what it was asked and what settled.
+#[derive(Default)]
+struct EchoOnOne {
+    asked: AtomicUsize,
+    settled: Mutex<Vec<NodeId>>,
+    members_seen: Mutex<Vec<NodeId>>,
+}
+
+impl SubmitPlacer for EchoOnOne {
+    fn place(&self, view: &PlacementView<'_>, specs: &[&JobSpec]) -> Vec<Option<NodeId>> {
+        self.asked.fetch_add(specs.len(), Ordering::SeqCst);
+        *self.members_seen.lock().expect("lock") = view.members.iter().copied().collect();
+        specs
+            .iter()
+            .map(|s| (s.model.app.alias == "echo").then_some(1))
+            .collect()
+    }
+    fn settled(&self, workers: &[NodeId]) {
+        self.settled
+            .lock()
+            .expect("lock")
+            .extend_from_slice(workers);
+    }
+    fn lease_ms(&self) -> u64 {
+        4_000
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_submit_starts_running_in_its_own_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = JobLogConfig::single_node(dir.path().join("raft"));
+    let log = JobLog::open(cfg, Arc::new(SystemClock), Arc::new(NoNetwork))
+        .await
+        .expect("open");
+    assert!(log.wait_healthy(Duration::from_secs(10)).await, "no leader");
+    let placer = Arc::new(EchoOnOne::default());
+    log.set_placer(Some(placer.clone()));
+
+    let echo = spec("runmesh/echo");
+    let other = spec("runmesh/sleep");
+    let r = log
+        .propose(JobCommand::Submit { spec: echo.clone() })
+        .await
+        .expect("submit echo");
+    assert!(matches!(r, CommandResult::Submitted { .. }), "{r:?}");
+    // Running as soon as the submit returns: nothing else here could have assigned it.
+    log.read(|t| match &t.get(&echo.request_id).expect("job").state {
+        JobState::Running {
+            worker,
+            attempt,
+            started_at_ms,
+            lease_until_ms,
+        } => {
+            assert_eq!((*worker, *attempt), (1, 1));
+            assert_eq!(lease_until_ms - started_at_ms, 4_000);
+        }
+        s => panic!("placed job is {s:?}"),
+    });
+    assert_eq!(*placer.settled.lock().expect("lock"), vec![1]);
+    assert_eq!(*placer.members_seen.lock().expect("lock"), vec![1]);
+
+    // The placer declines: a plain queued submit.
+    log.propose(JobCommand::Submit {
+        spec: other.clone(),
+    })
+    .await
+    .expect("submit other");
+    log.read(|t| {
+        assert_eq!(
+            t.get(&other.request_id).expect("job").state,
+            JobState::Queued
+        )
+    });
+
+    // A replayed submit of a placed job changes nothing (it is not placed twice).
+    let again = log
+        .propose(JobCommand::Submit { spec: echo.clone() })
+        .await
+        .expect("replay");
+    assert_eq!(again, CommandResult::Duplicate);
+    log.read(|t| assert_eq!(t.get(&echo.request_id).expect("job").attempts, 1));
+
+    // Without a placer, submits queue again.
+    log.set_placer(None);
+    let late = spec("runmesh/echo");
+    log.propose(JobCommand::Submit { spec: late.clone() })
+        .await
+        .expect("submit late");
+    log.read(|t| {
+        assert_eq!(
+            t.get(&late.request_id).expect("job").state,
+            JobState::Queued
+        )
+    });
+    assert_eq!(placer.asked.load(Ordering::SeqCst), 3);
+    log.shutdown().await;
+}
