@@ -287,6 +287,21 @@ async fn spawn_node(slots: Option<usize>) -> anyhow::Result<SpawnedNode> {
     })
 }
 
+/// A bench's node is configured by its flags alone: its environment is cleared of `RUNMESH_*`, so
+/// the caller's settings (models dir, slots) do not change what is measured. The one way in is
+/// `RUNMESH_BENCH_NODE_ARGS`: whitespace-separated flags added to every node the bench starts, for
+/// A/B runs of a node setting (e.g. `--place-at-submit false`).
+pub(crate) fn isolate_node_command(cmd: &mut tokio::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RUNMESH_") {
+            cmd.env_remove(&k);
+        }
+    }
+    if let Ok(extra) = std::env::var("RUNMESH_BENCH_NODE_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
+}
+
 /// Reads a spawned node's stdout until its `runmesh listening on URL` line, within `limit`: the URL,
 /// `None` if the node exited first, or the read error / time-out.
 pub(crate) async fn listening_url<R: tokio::io::AsyncBufRead + Unpin>(

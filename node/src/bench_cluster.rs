@@ -119,12 +119,7 @@ impl MeshNode {
         let exe = std::env::current_exe().context("locating the runmesh binary")?;
         let mut cmd = Command::new(exe);
         cmd.arg("dev").args(&self.args);
-        // Only the flags above configure it.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("RUNMESH_") {
-                cmd.env_remove(&k);
-            }
-        }
+        crate::bench::isolate_node_command(&mut cmd);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }

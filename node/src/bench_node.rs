@@ -171,8 +171,8 @@ impl Drop for NodeProc {
     }
 }
 
-/// `runmesh dev` on `--http addr` with `extra` flags, its environment cleared of RUNMESH_* so the
-/// caller's settings (models dir, slots) do not change what is measured.
+/// `runmesh dev` on `--http addr` with `extra` flags, isolated from the caller's `RUNMESH_*`
+/// settings ([`crate::bench::isolate_node_command`]).
 fn node_command(
     dir: &std::path::Path,
     http: &str,
@@ -186,11 +186,7 @@ fn node_command(
         .arg("--http")
         .arg(http)
         .args(extra);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RUNMESH_") {
-            cmd.env_remove(&k);
-        }
-    }
+    crate::bench::isolate_node_command(&mut cmd);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "error");
     }
