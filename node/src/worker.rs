@@ -1439,7 +1439,7 @@ mod tests {
             v
         };
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let running = n.joblog.read(|t| t.running_on(t_node(&n)).count());
+        let running = n.joblog.read(|t| t.running_count(t_node(&n)));
         assert!(running <= 2, "{running} running with 2 slots");
         for id in &sleeps {
             wait_terminal(&n, id).await;

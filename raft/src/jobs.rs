@@ -3,7 +3,7 @@
 //! It is fed [`JobCommand`]s in log order and never reads a clock or touches I/O, so every replica, a
 //! restarted node replaying its log, and the simulator reach the same table from the same commands.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use runmesh_proto::{
     AppId, CommandResult, ErrorType, FileRef, JobCommand, JobError, JobSpec, JobState, LogLine,
@@ -16,6 +16,44 @@ pub const LOG_LINES_MAX_PER_JOB: usize = 1000;
 
 /// Queue order: priority first, then arrival.
 type QueueKey = (u8, u64, RequestId);
+
+/// One app's queued jobs in run order, with how many wait at each priority rank: a new submit
+/// (the latest arrival) learns its position from the counts, without walking the queue.
+#[derive(Clone, Debug, Default)]
+struct AppQueue {
+    order: BTreeSet<QueueKey>,
+    per_rank: BTreeMap<u8, u64>,
+}
+
+impl AppQueue {
+    fn insert(&mut self, key: QueueKey) {
+        let rank = key.0;
+        if self.order.insert(key) {
+            *self.per_rank.entry(rank).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &QueueKey) {
+        if self.order.remove(key) {
+            if let Some(n) = self.per_rank.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_rank.remove(&key.0);
+                }
+            }
+        }
+    }
+
+    /// Jobs ahead of the newest job of `rank`: every queued job of that rank or a better one, but
+    /// itself. Walking the set instead costs the queue's length on every node for every submit.
+    fn ahead_of_newest(&self, rank: u8) -> u64 {
+        self.per_rank
+            .range(..=rank)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            .saturating_sub(1)
+    }
+}
 
 /// One job and everything recorded about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,9 +147,12 @@ pub struct JobTable {
     jobs: HashMap<RequestId, JobRecord>,
     next_seq: u64,
     queued: BTreeSet<QueueKey>,
-    queued_by_app: HashMap<AppId, BTreeSet<QueueKey>>,
+    queued_by_app: HashMap<AppId, AppQueue>,
     /// Running jobs by lease expiry, for [`JobCommand::Tick`].
     leases: BTreeSet<(u64, RequestId)>,
+    /// Running jobs by worker: the scheduler counts each node's jobs on every round and every
+    /// worker looks for its own on every change, so neither may walk all leases.
+    running_by_worker: HashMap<NodeId, BTreeSet<RequestId>>,
     /// Queued jobs by start deadline (`X-Fal-Request-Timeout`).
     start_deadlines: BTreeSet<(u64, RequestId)>,
     /// Finished jobs by end time, `[small results, large results]`, for [`JobCommand::Expire`].
@@ -183,13 +224,13 @@ impl JobTable {
             return None;
         }
         let key = rec.queue_key();
-        let set = self.queued_by_app.get(rec.spec.app())?;
-        Some(set.range(..key).count() as u64)
+        let queue = self.queued_by_app.get(rec.spec.app())?;
+        Some(queue.order.range(..key).count() as u64)
     }
 
     /// Number of queued jobs of one app.
     pub fn queue_len(&self, app: &AppId) -> usize {
-        self.queued_by_app.get(app).map_or(0, BTreeSet::len)
+        self.queued_by_app.get(app).map_or(0, |q| q.order.len())
     }
 
     /// Number of queued jobs in total.
@@ -206,10 +247,34 @@ impl JobTable {
 
     /// Jobs running on `worker`.
     pub fn running_on(&self, worker: NodeId) -> impl Iterator<Item = &JobRecord> + '_ {
-        self.leases
-            .iter()
-            .filter_map(|(_, id)| self.jobs.get(id))
-            .filter(move |r| matches!(r.state, JobState::Running { worker: w, .. } if w == worker))
+        self.running_by_worker
+            .get(&worker)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Number of jobs running on `worker`.
+    pub fn running_count(&self, worker: NodeId) -> usize {
+        self.running_by_worker.get(&worker).map_or(0, BTreeSet::len)
+    }
+
+    fn start_lease(&mut self, lease_until_ms: u64, id: &RequestId, worker: NodeId) {
+        self.leases.insert((lease_until_ms, id.clone()));
+        self.running_by_worker
+            .entry(worker)
+            .or_default()
+            .insert(id.clone());
+    }
+
+    fn end_lease(&mut self, lease_until_ms: u64, id: &RequestId, worker: NodeId) {
+        self.leases.remove(&(lease_until_ms, id.clone()));
+        if let Some(ids) = self.running_by_worker.get_mut(&worker) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.running_by_worker.remove(&worker);
+            }
+        }
     }
 
     /// All jobs, in no particular order.
@@ -385,6 +450,7 @@ impl JobTable {
             return CommandResult::Duplicate;
         }
         let id = spec.request_id.clone();
+        let (app, rank) = (spec.app().clone(), spec.priority.rank());
         let rec = JobRecord {
             spec,
             state: JobState::Queued,
@@ -403,7 +469,12 @@ impl JobTable {
         self.next_seq += 1;
         self.index_queued(&rec);
         self.jobs.insert(id.clone(), rec);
-        let queue_position = self.queue_position(&id).unwrap_or(0);
+        // The newest arrival: behind every queued job of its app at its priority or a better one.
+        let queue_position = self
+            .queued_by_app
+            .get(&app)
+            .map_or(0, |q| q.ahead_of_newest(rank));
+        debug_assert_eq!(Some(queue_position), self.queue_position(&id));
         touched.push(id);
         CommandResult::Submitted { queue_position }
     }
@@ -430,7 +501,7 @@ impl JobTable {
         self.unindex_queued(&rec);
         let attempt = rec.attempts + 1;
         let lease_until_ms = now_ms.saturating_add(lease_ms);
-        self.leases.insert((lease_until_ms, id.clone()));
+        self.start_lease(lease_until_ms, &id, worker);
         if let Some(rec) = self.jobs.get_mut(&id) {
             rec.attempts = attempt;
             rec.last_worker = Some(worker);
@@ -532,7 +603,7 @@ impl JobTable {
             completed_at_ms: now_ms,
         };
         rec.inference_time_ms = Some(inference_time_ms);
-        self.leases.remove(&(lease, id.clone()));
+        self.end_lease(lease, &id, by);
         touched.push(id);
         CommandResult::Applied
     }
@@ -621,12 +692,13 @@ impl JobTable {
         let Some(rec) = self.jobs.get_mut(&id) else {
             return CommandResult::Rejected(Rejection::NotFound);
         };
-        let lease = match &rec.state {
+        let (lease, worker) = match &rec.state {
             JobState::Running {
+                worker,
                 attempt,
                 lease_until_ms,
                 ..
-            } if *attempt == by_attempt => *lease_until_ms,
+            } if *attempt == by_attempt => (*lease_until_ms, *worker),
             state if state.is_terminal() => {
                 return CommandResult::Rejected(Rejection::AlreadyCompleted)
             }
@@ -635,7 +707,7 @@ impl JobTable {
         rec.state = JobState::Cancelled {
             cancelled_at_ms: now_ms,
         };
-        self.leases.remove(&(lease, id.clone()));
+        self.end_lease(lease, &id, worker);
         touched.push(id);
         CommandResult::Cancelled
     }
@@ -649,9 +721,16 @@ impl JobTable {
             .take_while(|(t, _)| *t <= now_ms)
             .cloned()
             .collect();
-        for key in expired {
-            self.leases.remove(&key);
-            let id = key.1;
+        for (lease, id) in expired {
+            match self.jobs.get(&id).map(|r| &r.state) {
+                Some(JobState::Running { worker, .. }) => {
+                    let worker = *worker;
+                    self.end_lease(lease, &id, worker);
+                }
+                _ => {
+                    self.leases.remove(&(lease, id.clone()));
+                }
+            }
             let Some(rec) = self.jobs.get_mut(&id) else {
                 continue;
             };
@@ -828,9 +907,9 @@ impl JobTable {
     fn unindex_queued(&mut self, rec: &JobRecord) {
         let key = rec.queue_key();
         self.queued.remove(&key);
-        if let Some(set) = self.queued_by_app.get_mut(rec.spec.app()) {
-            set.remove(&key);
-            if set.is_empty() {
+        if let Some(queue) = self.queued_by_app.get_mut(rec.spec.app()) {
+            queue.remove(&key);
+            if queue.order.is_empty() {
                 self.queued_by_app.remove(rec.spec.app());
             }
         }
@@ -851,12 +930,30 @@ impl JobTable {
             .values()
             .filter(|r| matches!(r.state, JobState::Running { .. }))
             .count();
-        let by_app: usize = self.queued_by_app.values().map(BTreeSet::len).sum();
+        let by_app: usize = self.queued_by_app.values().map(|q| q.order.len()).sum();
+        let ranks_counted = self
+            .queued_by_app
+            .values()
+            .all(|q| q.per_rank.values().sum::<u64>() == q.order.len() as u64);
         let terminal = self.jobs.values().filter(|r| r.state.is_terminal()).count();
         let finished: usize = self.finished.iter().map(BTreeSet::len).sum();
         queued == self.queued.len()
             && by_app == queued
+            && ranks_counted
             && running == self.leases.len()
+            && running
+                == self
+                    .running_by_worker
+                    .values()
+                    .map(BTreeSet::len)
+                    .sum::<usize>()
+            && self.jobs.values().all(|r| match r.state {
+                JobState::Running { worker, .. } => self
+                    .running_by_worker
+                    .get(&worker)
+                    .is_some_and(|ids| ids.contains(&r.spec.request_id)),
+                _ => true,
+            })
             && terminal == finished
             && self.kept_by_time.len() == self.kept_files.len()
             && self.uploads_by_time.len() == self.uploads.len()
@@ -888,11 +985,11 @@ impl JobTable {
         for rec in data.jobs {
             match &rec.state {
                 JobState::Queued => table.index_queued(&rec),
-                JobState::Running { lease_until_ms, .. } => {
-                    table
-                        .leases
-                        .insert((*lease_until_ms, rec.spec.request_id.clone()));
-                }
+                JobState::Running {
+                    lease_until_ms,
+                    worker,
+                    ..
+                } => table.start_lease(*lease_until_ms, &rec.spec.request_id, *worker),
                 _ => {
                     if let Some((class, at)) = finished_key(&rec) {
                         table.finished[class].insert((at, rec.spec.request_id.clone()));
@@ -1032,6 +1129,19 @@ mod tests {
         assign(&mut t, &a.request_id, 2_000);
         assert_eq!(t.queue_position(&c.request_id), Some(0));
         assert_eq!(t.queue_position(&a.request_id), None);
+        // The counts that give a new submit its position follow the job that left the queue.
+        let d = spec("o/a", Priority::Low, None);
+        assert_eq!(
+            submit(&mut t, &d),
+            CommandResult::Submitted { queue_position: 2 }
+        );
+        let e = spec("o/a", Priority::Normal, None);
+        assert_eq!(
+            submit(&mut t, &e),
+            CommandResult::Submitted { queue_position: 1 }
+        );
+        assert_eq!(t.queue_position(&d.request_id), Some(3));
+        assert!(t.indexes_consistent());
     }
 
     #[test]

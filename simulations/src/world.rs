@@ -818,7 +818,7 @@ impl World {
     fn advert(&self, id: NodeId) -> CapacityAdvert {
         let (running, queued) = self
             .read(id, |t| {
-                (t.running_on(id).count() as u32, t.queued_total() as u32)
+                (t.running_count(id) as u32, t.queued_total() as u32)
             })
             .unwrap_or((0, 0));
         let now = self.clock(id);
@@ -1557,7 +1557,7 @@ impl World {
             for id in 1..=self.n() {
                 let (q, r) = self
                     .read(id, |t| {
-                        (t.queued_total() as i64, t.running_on(id).count() as i64)
+                        (t.queued_total() as i64, t.running_count(id) as i64)
                     })
                     .unwrap_or((-1, -1));
                 queued.push(q);

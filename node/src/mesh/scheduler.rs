@@ -222,7 +222,7 @@ pub fn candidates(
         // A node outside the Raft cluster cannot read the log, so it could never run the job.
         .filter(|a| members.is_empty() || members.contains(&a.raft_node_id))
         .map(|a| {
-            let running = u32::try_from(table.running_on(a.raft_node_id).count())
+            let running = u32::try_from(table.running_count(a.raft_node_id))
                 .unwrap_or(u32::MAX)
                 .saturating_add(pending.get(&a.raft_node_id).copied().unwrap_or(0));
             Candidate::from_advert(a, running)
