@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use runmesh_proto::advert::{CapacityAdvert, ServedApp};
 use runmesh_proto::{AppId, JobSpec, JobState, NodeId, RequestId, SubmitMode};
-use runmesh_raft::{JobRecord, JobTable};
+use runmesh_raft::JobTable;
 
 /// The scheduler's view of one queued job.
 #[derive(Clone, Copy, Debug)]
@@ -189,18 +189,23 @@ pub fn reserve(cand: &mut Candidate, app: &AppId) {
 }
 
 /// Places jobs in the order given (the queue's run order), each on the best candidate left after
-/// the ones before it were placed. Returns (index into `jobs`, node) pairs, at most `max`. A job no
-/// node can take is skipped (it stays queued) and later jobs are still considered, since they may
-/// be for other apps.
-pub fn plan(jobs: &[JobAsk<'_>], cands: &mut [Candidate], max: usize) -> Vec<(usize, NodeId)> {
+/// the ones before it were placed. Returns (key, node) pairs, at most `max`. A job no node can
+/// take is skipped (it stays queued) and later jobs are still considered, since they may be for
+/// other apps. Stops reading `jobs` once every slot is taken: a long queue is not walked when
+/// only a few slots are free.
+pub fn plan<'a, K>(
+    jobs: impl IntoIterator<Item = (K, JobAsk<'a>)>,
+    cands: &mut [Candidate],
+    max: usize,
+) -> Vec<(K, NodeId)> {
     let mut out = Vec::new();
-    for (j, job) in jobs.iter().enumerate() {
+    for (key, job) in jobs {
         if out.len() >= max || cands.iter().all(|c| c.free_slots() == 0) {
             break;
         }
-        if let Some(i) = choose(job, cands) {
+        if let Some(i) = choose(&job, cands) {
             reserve(&mut cands[i], job.app);
-            out.push((j, cands[i].node));
+            out.push((key, cands[i].node));
         }
     }
     out
@@ -259,15 +264,14 @@ pub fn plan_round(
     if cands.iter().all(|c| c.free_slots() == 0) {
         return Vec::new();
     }
-    let queued: Vec<&JobRecord> = table
+    let queued = table
         .queued_in_order()
         .take(scan_max)
         .filter(|r| r.state == JobState::Queued)
-        .collect();
-    let asks: Vec<JobAsk<'_>> = queued.iter().map(|r| JobAsk::of(&r.spec)).collect();
-    plan(&asks, &mut cands, max)
+        .map(|r| (&r.spec.request_id, JobAsk::of(&r.spec)));
+    plan(queued, &mut cands, max)
         .into_iter()
-        .map(|(j, node)| (queued[j].spec.request_id.clone(), node))
+        .map(|(id, node)| (id.clone(), node))
         .collect()
 }
 
@@ -456,7 +460,7 @@ mod tests {
             ask("c", &big),
             ask("d", &big),
         ];
-        let placed = plan(&jobs, &mut one, 10);
+        let placed = plan(jobs.iter().copied().enumerate(), &mut one, 10);
         assert_eq!(placed.len(), 3);
         assert_eq!(one[0].gpu_free_mb, vec![10_000, 10_000]);
         // Among GPU nodes that fit, more headroom wins when load is equal.
@@ -590,14 +594,17 @@ mod tests {
             ask("j2", &echo),
             ask("j3", &echo), // no slot left anywhere
         ];
-        let placed = plan(&jobs, &mut cands, 10);
+        let placed = plan(jobs.iter().copied().enumerate(), &mut cands, 10);
         assert_eq!(placed.iter().map(|(j, _)| *j).collect::<Vec<_>>(), [0, 2]);
         let nodes: std::collections::BTreeSet<NodeId> = placed.iter().map(|(_, n)| *n).collect();
         assert_eq!(nodes.len(), 2, "one job per node: {placed:?}");
         assert!(cands.iter().all(|c| c.free_slots() == 0));
         // The round bound holds.
         let mut fresh = vec![node(1), node(2)];
-        assert_eq!(plan(&jobs, &mut fresh, 1).len(), 1);
+        assert_eq!(
+            plan(jobs.iter().copied().enumerate(), &mut fresh, 1).len(),
+            1
+        );
     }
 
     #[test]
