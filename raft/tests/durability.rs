@@ -3,29 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runmesh_proto::{
-    CommandResult, JobCommand, JobSpec, JobState, ModelId, Priority, RequestId, SubmitMode,
-    SystemClock,
-};
+use runmesh_proto::{CommandResult, JobCommand, JobSpec, JobState, RequestId, SystemClock};
 use runmesh_raft::transport::NoNetwork;
 use runmesh_raft::{JobLog, JobLogConfig};
 
+mod common;
+
 fn spec(n: u64) -> JobSpec {
-    JobSpec {
-        request_id: RequestId::new_random(),
-        model: ModelId::parse("runmesh/echo").expect("model id"),
-        input_json: format!(r#"{{"n":{n}}}"#),
-        webhook_url: None,
-        priority: Priority::Normal,
-        start_timeout_ms: None,
-        runner_hint: None,
-        no_retry: false,
-        mode: SubmitMode::Queue,
-        submitted_by: None,
-        accepted_by: 1,
-        accepted_region: None,
-        submitted_at_ms: n,
-    }
+    common::spec("runmesh/echo", format!(r#"{{"n":{n}}}"#), n)
 }
 
 async fn open(cfg: JobLogConfig) -> JobLog {

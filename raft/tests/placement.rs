@@ -5,29 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runmesh_proto::{
-    CommandResult, JobCommand, JobSpec, JobState, ModelId, NodeId, Priority, RequestId, SubmitMode,
-    SystemClock,
-};
+use runmesh_proto::{CommandResult, JobCommand, JobSpec, JobState, NodeId, SystemClock};
 use runmesh_raft::transport::NoNetwork;
 use runmesh_raft::{JobLog, JobLogConfig, PlacementView, SubmitPlacer};
 
+mod common;
+
 fn spec(model: &str) -> JobSpec {
-    JobSpec {
-        request_id: RequestId::new_random(),
-        model: ModelId::parse(model).expect("model id"),
-        input_json: "{}".into(),
-        webhook_url: None,
-        priority: Priority::Normal,
-        start_timeout_ms: None,
-        runner_hint: None,
-        no_retry: false,
-        mode: SubmitMode::Queue,
-        submitted_by: None,
-        accepted_by: 1,
-        accepted_region: None,
-        submitted_at_ms: 0,
-    }
+    common::spec(model, "{}".into(), 0)
 }
 
 /// Places echo jobs on node 1 and nothing else; records what it was asked and what settled.
