@@ -392,6 +392,12 @@ fn start_jobs(
     }
 }
 
+/// Whether `--dispatch-hold-file` holds the queue now: neither the dispatcher nor placement at
+/// submit starts a job while the file exists.
+fn dispatch_held(hold_file: Option<&std::path::Path>) -> bool {
+    hold_file.is_some_and(std::path::Path::exists)
+}
+
 /// Placement at submit ([`runmesh_raft::placement`]): while this node leads, the job log asks it
 /// for a worker as it writes each submit, so a job that finds a free slot starts with its submit's
 /// entry. It shares the scheduler and the pending count with the [`Dispatcher`], which takes what
@@ -419,11 +425,7 @@ impl runmesh_raft::SubmitPlacer for SubmitPlacement {
         view: &runmesh_raft::PlacementView<'_>,
         specs: &[&JobSpec],
     ) -> Vec<Option<NodeId>> {
-        if self
-            .hold_file
-            .as_deref()
-            .is_some_and(std::path::Path::exists)
-        {
+        if dispatch_held(self.hold_file.as_deref()) {
             return vec![None; specs.len()];
         }
         let adverts = self.mesh.up_adverts();
@@ -539,12 +541,7 @@ impl Dispatcher {
 
     /// One dispatch round. Returns false when a proposal failed (the caller backs off).
     async fn round(&self) -> bool {
-        if self
-            .cfg
-            .dispatch_hold_file
-            .as_deref()
-            .is_some_and(std::path::Path::exists)
-        {
+        if dispatch_held(self.cfg.dispatch_hold_file.as_deref()) {
             // Held: looked at again on the next poll tick.
             return false;
         }

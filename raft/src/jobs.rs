@@ -450,7 +450,6 @@ impl JobTable {
             return CommandResult::Duplicate;
         }
         let id = spec.request_id.clone();
-        let (app, rank) = (spec.app().clone(), spec.priority.rank());
         let rec = JobRecord {
             spec,
             state: JobState::Queued,
@@ -468,12 +467,12 @@ impl JobTable {
         };
         self.next_seq += 1;
         self.index_queued(&rec);
-        self.jobs.insert(id.clone(), rec);
         // The newest arrival: behind every queued job of its app at its priority or a better one.
         let queue_position = self
             .queued_by_app
-            .get(&app)
-            .map_or(0, |q| q.ahead_of_newest(rank));
+            .get(rec.spec.app())
+            .map_or(0, |q| q.ahead_of_newest(rec.spec.priority.rank()));
+        self.jobs.insert(id.clone(), rec);
         debug_assert_eq!(Some(queue_position), self.queue_position(&id));
         touched.push(id);
         CommandResult::Submitted { queue_position }

@@ -15,6 +15,10 @@ fn spec(model: &str) -> JobSpec {
     common::spec(model, "{}".into(), 0)
 }
 
+fn state_of(log: &JobLog, spec: &JobSpec) -> JobState {
+    log.read(|t| t.get(&spec.request_id).expect("job").state.clone())
+}
+
 /// Places echo jobs on node 1 and nothing else; records what it was asked and what settled.
 #[derive(Default)]
 struct EchoOnOne {
@@ -62,18 +66,18 @@ async fn a_placed_submit_starts_running_in_its_own_entry() {
         .expect("submit echo");
     assert!(matches!(r, CommandResult::Submitted { .. }), "{r:?}");
     // Running as soon as the submit returns: nothing else here could have assigned it.
-    log.read(|t| match &t.get(&echo.request_id).expect("job").state {
+    match state_of(&log, &echo) {
         JobState::Running {
             worker,
             attempt,
             started_at_ms,
             lease_until_ms,
         } => {
-            assert_eq!((*worker, *attempt), (1, 1));
+            assert_eq!((worker, attempt), (1, 1));
             assert_eq!(lease_until_ms - started_at_ms, 4_000);
         }
         s => panic!("placed job is {s:?}"),
-    });
+    }
     assert_eq!(*placer.settled.lock().expect("lock"), vec![1]);
     assert_eq!(*placer.members_seen.lock().expect("lock"), vec![1]);
 
@@ -83,12 +87,7 @@ async fn a_placed_submit_starts_running_in_its_own_entry() {
     })
     .await
     .expect("submit other");
-    log.read(|t| {
-        assert_eq!(
-            t.get(&other.request_id).expect("job").state,
-            JobState::Queued
-        )
-    });
+    assert_eq!(state_of(&log, &other), JobState::Queued);
 
     // A replayed submit of a placed job changes nothing (it is not placed twice).
     let again = log
@@ -104,12 +103,7 @@ async fn a_placed_submit_starts_running_in_its_own_entry() {
     log.propose(JobCommand::Submit { spec: late.clone() })
         .await
         .expect("submit late");
-    log.read(|t| {
-        assert_eq!(
-            t.get(&late.request_id).expect("job").state,
-            JobState::Queued
-        )
-    });
+    assert_eq!(state_of(&log, &late), JobState::Queued);
     assert_eq!(placer.asked.load(Ordering::SeqCst), 3);
     log.shutdown().await;
 }
