@@ -1257,9 +1257,77 @@ impl Cluster {
     }
 }
 
+/// Runs a client script like [`Command::output`], but for at most `limit`: a script that hangs is
+/// killed and what it printed so far comes back (with a failed status), so the test fails with
+/// the step it stopped at instead of running into the harness's time-out with nothing to show.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt as _;
+    // Its own process group, so that a time-out also ends what it started (which would otherwise
+    // hold the output pipes open).
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = stderr.join().unwrap_or_default();
+    if !status.success() && Instant::now() >= deadline {
+        stderr.extend_from_slice(format!("\n(killed after {limit:?})\n").as_bytes());
+    }
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hanging_script_is_killed_with_what_it_printed() {
+        let out = output_within(
+            Command::new("sh").args(["-c", "echo started; sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .expect("run sh");
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("killed after"));
+        let out = output_within(
+            Command::new("sh").args(["-c", "echo ok"]),
+            Duration::from_secs(30),
+        )
+        .expect("run sh");
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    }
 
     #[test]
     fn sse_parser_handles_split_events_comments_and_crlf() {

@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use runmesh_tests::{runmesh_bin, Node, NodeOpts};
+use runmesh_tests::{output_within, runmesh_bin, Node, NodeOpts};
 
 fn conformance_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance")
@@ -39,6 +40,10 @@ fn tls_node() -> Node {
         ..NodeOpts::default()
     })
 }
+
+/// Longest a conformance script may run (a few seconds when the machine is idle; under the
+/// harness's 300 s so that a hang is reported with the script's own output).
+const CLIENT_SCRIPT_LIMIT: Duration = Duration::from_secs(180);
 
 /// A DEFAULT-scope key, made with `runmesh keys create` and the admin key the node wrote.
 fn create_key(node: &Node) -> String {
@@ -86,18 +91,20 @@ fn python_fal_client_conformance() {
     let node = tls_node();
     let key = create_key(&node);
     let host = format!("localhost:{}", node.port());
-    let out = Command::new(python)
-        .arg(conformance_dir().join("python/conformance.py"))
-        .current_dir(conformance_dir().join("python"))
-        .env("FAL_RUN_HOST", &host)
-        .env("FAL_QUEUE_RUN_HOST", format!("{host}/queue"))
-        .env("FAL_KEY", &key)
-        .env("SSL_CERT_FILE", cert_of(&node))
-        .env_remove("SSL_CERT_DIR")
-        .env_remove("FAL_KEY_ID")
-        .env_remove("FAL_KEY_SECRET")
-        .output()
-        .expect("run python");
+    let out = output_within(
+        Command::new(python)
+            .arg(conformance_dir().join("python/conformance.py"))
+            .current_dir(conformance_dir().join("python"))
+            .env("FAL_RUN_HOST", &host)
+            .env("FAL_QUEUE_RUN_HOST", format!("{host}/queue"))
+            .env("FAL_KEY", &key)
+            .env("SSL_CERT_FILE", cert_of(&node))
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("FAL_KEY_ID")
+            .env_remove("FAL_KEY_SECRET"),
+        CLIENT_SCRIPT_LIMIT,
+    )
+    .expect("run python");
     assert_passed(
         "python conformance",
         &out,
@@ -115,15 +122,17 @@ fn js_fal_client_conformance() {
     let node_bin = std::env::var_os("RUNMESH_NODEJS").unwrap_or_else(|| "node".into());
     let node = tls_node();
     let key = create_key(&node);
-    let out = Command::new(&node_bin)
-        .arg("conformance.mjs")
-        .current_dir(&js)
-        .env("RUNMESH_HOST", format!("127.0.0.1:{}", node.port()))
-        .env("FAL_KEY", &key)
-        .env("NODE_EXTRA_CA_CERTS", cert_of(&node))
-        .env_remove("FAL_KEY_ID")
-        .env_remove("FAL_KEY_SECRET")
-        .output();
+    let out = output_within(
+        Command::new(&node_bin)
+            .arg("conformance.mjs")
+            .current_dir(&js)
+            .env("RUNMESH_HOST", format!("127.0.0.1:{}", node.port()))
+            .env("FAL_KEY", &key)
+            .env("NODE_EXTRA_CA_CERTS", cert_of(&node))
+            .env_remove("FAL_KEY_ID")
+            .env_remove("FAL_KEY_SECRET"),
+        CLIENT_SCRIPT_LIMIT,
+    );
     let out = match out {
         Ok(o) => o,
         Err(e) => return skip_or_fail(&format!("node ({e})")),
