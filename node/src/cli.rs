@@ -207,6 +207,16 @@ pub struct NodeArgs {
     /// Longest election timeout in ms, above the shortest [default: twice the shortest].
     #[arg(long, value_name = "MS", env = "RUNMESH_RAFT_ELECTION_TIMEOUT_MAX_MS")]
     pub raft_election_timeout_max_ms: Option<u64>,
+    /// Whether a follower that refuses a candidate for its shorter log, with no leader heard for a
+    /// whole lease, campaigns at once [default: true]; `false` leaves elections to openraft's
+    /// timers (benchmarks compare both).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "RUNMESH_RAFT_EAGER_CAMPAIGN",
+        hide = true
+    )]
+    pub raft_eager_campaign: Option<bool>,
     /// While this file exists, this node places no queued jobs when it leads (they keep queueing
     /// and run once it is removed): a hold on the queue for maintenance. Give every voter the same.
     #[arg(long, value_name = "FILE", env = "RUNMESH_DISPATCH_HOLD_FILE")]
@@ -299,6 +309,7 @@ impl NodeArgs {
             raft_heartbeat_ms: self.raft_heartbeat_ms,
             raft_election_timeout_min_ms: self.raft_election_timeout_min_ms,
             raft_election_timeout_max_ms: self.raft_election_timeout_max_ms,
+            raft_eager_campaign: self.raft_eager_campaign,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
             place_at_submit: self.place_at_submit,
             blob: self.blob,

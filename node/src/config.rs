@@ -121,6 +121,8 @@ pub struct ConfigFile {
     /// A follower hearing no leader for a random time in [min, max) starts an election.
     pub raft_election_timeout_min_ms: Option<u64>,
     pub raft_election_timeout_max_ms: Option<u64>,
+    /// A follower refusing a shorter-log candidate after the leader lease campaigns at once.
+    pub raft_eager_campaign: Option<bool>,
     /// While this file exists, this node (when it leads) places no queued jobs.
     pub dispatch_hold_file: Option<PathBuf>,
     /// Place a job in the entry that submits it when a node has room [default: true].
@@ -213,6 +215,7 @@ impl ConfigFile {
             raft_election_timeout_max_ms: other
                 .raft_election_timeout_max_ms
                 .or(self.raft_election_timeout_max_ms),
+            raft_eager_campaign: other.raft_eager_campaign.or(self.raft_eager_campaign),
             dispatch_hold_file: other.dispatch_hold_file.or(self.dispatch_hold_file),
             place_at_submit: other.place_at_submit.or(self.place_at_submit),
             blob: other.blob.or(self.blob),
@@ -271,6 +274,8 @@ pub struct RaftTiming {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// See `runmesh_raft::JobLogConfig::eager_campaign` [default: true].
+    pub eager_campaign: bool,
 }
 
 impl Default for RaftTiming {
@@ -297,6 +302,7 @@ impl RaftTiming {
             heartbeat_ms,
             election_timeout_min_ms: min,
             election_timeout_max_ms: max,
+            eager_campaign: true,
         }
     }
 
@@ -541,11 +547,14 @@ impl NodeConfig {
             gpus: c.gpus.filter(|g| !g.trim().is_empty()),
             runners: c.runners.unwrap_or_default(),
             pool: c.models.map(Into::into).unwrap_or_default(),
-            raft_timing: RaftTiming::from_keys(
-                c.raft_heartbeat_ms,
-                c.raft_election_timeout_min_ms,
-                c.raft_election_timeout_max_ms,
-            ),
+            raft_timing: RaftTiming {
+                eager_campaign: c.raft_eager_campaign.unwrap_or(true),
+                ..RaftTiming::from_keys(
+                    c.raft_heartbeat_ms,
+                    c.raft_election_timeout_min_ms,
+                    c.raft_election_timeout_max_ms,
+                )
+            },
             dispatch_hold_file: c.dispatch_hold_file,
             place_at_submit: c.place_at_submit.unwrap_or(true),
             blob,

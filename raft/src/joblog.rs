@@ -14,12 +14,13 @@ use runmesh_proto::{
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::election::EagerCampaign;
 use crate::jobs::JobTable;
 use crate::placement::{Placing, SubmitPlacer};
 use crate::state::ClusterState;
 use crate::store::{LogStore, MachineState, StateMachine, Store};
 use crate::transport::{
-    ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind,
+    serve_openraft_rpc, ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind,
 };
 use crate::types::{Raft, TypeConfig};
 
@@ -49,6 +50,10 @@ pub struct JobLogConfig {
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for a random time in this range starts an election.
     pub election_timeout_ms: (u64, u64),
+    /// A follower that refuses a candidate for its shorter log, having heard no leader for a
+    /// whole lease, campaigns at once ([`crate::election`]); `false` leaves elections to
+    /// openraft's timers alone (benchmarks compare both).
+    pub eager_campaign: bool,
 }
 
 impl JobLogConfig {
@@ -65,6 +70,7 @@ impl JobLogConfig {
             apply_wait: Duration::from_secs(5),
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
+            eager_campaign: true,
         }
     }
 }
@@ -126,6 +132,7 @@ struct Inner {
     store: Store,
     stopped: AtomicBool,
     placing: Placing,
+    eager: Option<EagerCampaign>,
 }
 
 /// What a batch needs to commit itself, locally or at the leader.
@@ -221,6 +228,9 @@ impl JobLog {
                 store,
                 stopped: AtomicBool::new(false),
                 placing,
+                eager: cfg.eager_campaign.then(|| {
+                    EagerCampaign::new(cfg.election_timeout_ms.1, cfg.election_timeout_ms.0)
+                }),
             }),
         })
     }
@@ -354,17 +364,17 @@ impl JobLog {
             r.map_err(|e| JobLogError::Raft(format!("encode rpc reply: {e}")))
         };
         match kind {
-            RpcKind::AppendEntries => {
-                let req = codec::decode(payload).map_err(decode_err)?;
-                encode(codec::encode(&raft.append_entries(req).await))
-            }
-            RpcKind::Vote => {
-                let req = codec::decode(payload).map_err(decode_err)?;
-                encode(codec::encode(&raft.vote(req).await))
-            }
-            RpcKind::InstallSnapshot => {
-                let req = codec::decode(payload).map_err(decode_err)?;
-                encode(codec::encode(&raft.install_snapshot(req).await))
+            RpcKind::AppendEntries | RpcKind::Vote | RpcKind::InstallSnapshot => {
+                let clock = &self.inner.clock;
+                serve_openraft_rpc(
+                    raft,
+                    self.inner.eager.as_ref(),
+                    || clock.now_ms(),
+                    kind,
+                    payload,
+                )
+                .await
+                .map_err(|e| JobLogError::Raft(format!("bad rpc: {e}")))
             }
             RpcKind::Propose => {
                 let cmds: Vec<Command> = codec::decode(payload).map_err(decode_err)?;

@@ -18,7 +18,8 @@ use openraft::BasicNode;
 use runmesh_proto::{codec, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::types::TypeConfig;
+use crate::election::EagerCampaign;
+use crate::types::{Raft, TypeConfig};
 
 /// Which Raft RPC a payload carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,5 +165,62 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RpcKind::Vote, &rpc).await
+    }
+}
+
+/// Serves one of openraft's own RPCs (AppendEntries, Vote, InstallSnapshot) on `raft`: decode,
+/// hand over, encode the reply (errors included, so the sender sees them as remote errors).
+/// [`RpcKind::Propose`] belongs to the job log and is refused here. The node
+/// ([`crate::JobLog::handle_rpc`]) and the simulator both answer peers through this, with the
+/// eager campaign of [`crate::election`] when `eager` is given; `now_ms` is the node's clock.
+pub async fn serve_openraft_rpc(
+    raft: &Raft,
+    eager: Option<&EagerCampaign>,
+    now_ms: impl Fn() -> u64,
+    kind: RpcKind,
+    payload: &[u8],
+) -> Result<Vec<u8>, runmesh_proto::ProtoError> {
+    match kind {
+        RpcKind::AppendEntries => {
+            let req = codec::decode(payload)?;
+            let resp = raft.append_entries(req).await;
+            let from_leader =
+                matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_)));
+            if let (true, Some(eager)) = (from_leader, eager) {
+                eager.leader_heard(now_ms());
+            }
+            codec::encode(&resp)
+        }
+        RpcKind::Vote => {
+            let req: VoteRequest<NodeId> = codec::decode(payload)?;
+            let candidate_last_log = req.last_log_id;
+            let resp = raft.vote(req).await;
+            // A leader hears no AppendEntries of its own: the lease test means nothing there.
+            let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
+            if let (Ok(r), Some(eager), false) = (&resp, eager, leading) {
+                let mine = r.last_log_id.as_ref();
+                let campaign =
+                    eager.after_vote(now_ms(), r.vote_granted, candidate_last_log.as_ref(), mine);
+                if campaign {
+                    tracing::info!(
+                        ?candidate_last_log,
+                        my_last_log = ?mine,
+                        "refused a shorter log with no leader heard for a lease: campaigning"
+                    );
+                    // Twice: the first campaign takes the refused candidate's term, which that
+                    // candidate has voted itself in and so refuses; the second is one above it.
+                    let _ = raft.trigger().elect().await;
+                    let _ = raft.trigger().elect().await;
+                }
+            }
+            codec::encode(&resp)
+        }
+        RpcKind::InstallSnapshot => {
+            let req = codec::decode(payload)?;
+            codec::encode(&raft.install_snapshot(req).await)
+        }
+        RpcKind::Propose => Err(runmesh_proto::ProtoError::Codec(
+            "a forwarded proposal is the job log's, not an openraft rpc".into(),
+        )),
     }
 }

@@ -63,6 +63,9 @@ pub struct ClusterCfg {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A follower that refuses a shorter-log candidate after the leader lease campaigns at once
+    /// (`runmesh_raft::election`), as nodes do by default.
+    pub eager_campaign: bool,
     /// openraft's timeout for one snapshot chunk (node default: openraft's 200 ms); a snapshot to
     /// a peer further than that round trip restarts forever.
     pub install_snapshot_timeout_ms: u64,
@@ -98,6 +101,7 @@ impl Default for ClusterCfg {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            eager_campaign: true,
             install_snapshot_timeout_ms: 200,
             batch_max: 512,
             batches_in_flight_max: 4,

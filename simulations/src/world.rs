@@ -15,11 +15,12 @@ use runmesh_proto::{
     codec, AppId, Command, CommandOutput, CommandResult, ErrorType, JobCommand, JobError, JobSpec,
     JobState, ModelId, NodeId, Outcome, Priority, RequestId, SubmitMode,
 };
+use runmesh_raft::election::EagerCampaign;
 use runmesh_raft::memstore::{ApplyFn, MemDisk, MemLogStore, MemStateMachine};
 use runmesh_raft::store::MachineState;
 use runmesh_raft::transport::{
-    ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind, TransportError,
-    TransportFuture,
+    serve_openraft_rpc, ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind,
+    TransportError, TransportFuture,
 };
 use runmesh_raft::types::Raft;
 use runmesh_raft::{ClusterState, JobTable, Proposer, ProposerConfig};
@@ -174,6 +175,8 @@ fn empty_outcome(sc: &Scenario, opts: &Options) -> RunOutcome {
 
 struct Life {
     raft: Raft,
+    /// The node's eager campaign (as `JobLog` keeps one), fresh each start.
+    eager: Option<Arc<EagerCampaign>>,
     proposer: Proposer,
     state: Arc<RwLock<MachineState>>,
     tasks: Vec<AbortHandle>,
@@ -473,24 +476,21 @@ impl World {
         kind: RpcKind,
         payload: &[u8],
     ) -> Result<Vec<u8>, TransportError> {
-        let Some(raft) = self.raft(to) else {
+        let Some((raft, eager)) = self
+            .node(to)
+            .life
+            .as_ref()
+            .map(|l| (l.raft.clone(), l.eager.clone()))
+        else {
             return Err(TransportError::Unreachable(format!("node {to} is down")));
         };
         let bad = |e: runmesh_proto::ProtoError| TransportError::Network(format!("bad rpc: {e}"));
         let enc = |r: Result<Vec<u8>, runmesh_proto::ProtoError>| r.map_err(bad);
         #[allow(unreachable_patterns)]
         match kind {
-            RpcKind::AppendEntries => {
-                let req = codec::decode(payload).map_err(bad)?;
-                enc(codec::encode(&raft.append_entries(req).await))
-            }
-            RpcKind::Vote => {
-                let req = codec::decode(payload).map_err(bad)?;
-                enc(codec::encode(&raft.vote(req).await))
-            }
-            RpcKind::InstallSnapshot => {
-                let req = codec::decode(payload).map_err(bad)?;
-                enc(codec::encode(&raft.install_snapshot(req).await))
+            RpcKind::AppendEntries | RpcKind::Vote | RpcKind::InstallSnapshot => {
+                let now = || self.clock(to);
+                enc(serve_openraft_rpc(&raft, eager.as_deref(), now, kind, payload).await)
             }
             RpcKind::Propose => {
                 let cmds: Vec<Command> = codec::decode(payload).map_err(bad)?;
@@ -738,8 +738,16 @@ impl World {
         ];
         let mut n = self.node(id);
         n.view = view::ClusterView::new(id, view::ViewConfig::default());
+        let c = &self.sc.cluster;
+        let eager = c.eager_campaign.then(|| {
+            Arc::new(EagerCampaign::new(
+                c.election_timeout_max_ms,
+                c.election_timeout_min_ms,
+            ))
+        });
         n.life = Some(Life {
             raft,
+            eager,
             proposer,
             state,
             tasks,
@@ -1596,6 +1604,24 @@ fn job_command_id(c: &JobCommand) -> Option<&RequestId> {
     c.request_id()
 }
 
+/// For each `kill_leader` fault, virtual ms from the kill to the next leader's election (a kill
+/// with no leader after it counts to nothing: the run ended first).
+fn failover_ms(faults: &[FaultWindow], leader_changes: &[(u64, u64, NodeId)]) -> Vec<u64> {
+    let kill = describe(&FaultKind::KillLeader);
+    let mut out: Vec<u64> = faults
+        .iter()
+        .filter(|f| f.what == kill)
+        .filter_map(|f| {
+            leader_changes
+                .iter()
+                .find(|(at, _, _)| *at > f.start_ms)
+                .map(|(at, _, _)| at - f.start_ms)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 pub fn describe(k: &FaultKind) -> String {
     match k {
         FaultKind::Crash { node } => format!("crash n{node}"),
@@ -1955,6 +1981,7 @@ impl World {
             .unwrap_or(0);
         let virtual_ms = self.vnow();
         let (entries, commands) = check.entries_and_commands();
+        let failover = failover_ms(&lock(&self.faults), &lock(&self.leader_changes));
         let log_entries: Vec<usize> = self.nodes.iter().map(|n| lock(n).disk.log_len()).collect();
         let figures = json!({
             "scenario": self.sc.name,
@@ -1979,6 +2006,7 @@ impl World {
                 "entries_with_commands": entries, "commands": commands,
                 "commands_per_entry": (commands as f64 / entries.max(1) as f64 * 100.0).round() / 100.0,
                 "log_entries_held_max": log_entries.iter().max().copied().unwrap_or(0),
+                "failover_ms": failover,
             },
             "nodes_faults": {"crashes": st.crashes, "restarts": st.restarts},
             "network": {"sent": net.stats.sent, "delivered": net.stats.delivered, "lost": net.stats.lost,

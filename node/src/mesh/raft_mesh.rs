@@ -136,6 +136,7 @@ impl RaftMesh {
             cfg.timing.election_timeout_min_ms,
             cfg.timing.election_timeout_max_ms,
         );
+        jl.eager_campaign = cfg.timing.eager_campaign;
         jl.apply_wait = Duration::from_secs(10);
         // Room for an election plus a retry at the new leader before a client hears 503.
         jl.write_timeout = Duration::from_secs(20);

@@ -156,10 +156,16 @@ impl QuicRaft {
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server.transport_config(transport_config());
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|e| QuicError::Bind {
+        let bind_err = |e: std::io::Error| QuicError::Bind {
             addr,
             msg: e.to_string(),
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+        let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no async runtime for QUIC")))?;
+        let endpoint =
+            quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime).map_err(bind_err)?;
         Ok(Arc::new(Self {
             endpoint,
             me_pk: identity.public_key_bytes(),

@@ -1,8 +1,8 @@
 //! `runmesh-sim`: runs chaos scenarios on the simulated cluster.
 //!
 //! ```text
-//! runmesh-sim run SCENARIO [--seed N] [--random-faults] [--out DIR]
-//! runmesh-sim sweep SCENARIO --seeds A..B [--random-faults]
+//! runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--out DIR]
+//! runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL]
 //! runmesh-sim bench [--nodes 5,50,200] [--virtual-s S]
 //! runmesh-sim lifecycle [--seed N] ...     (the first, single-table simulator)
 //! ```
@@ -17,8 +17,8 @@ use runmesh_simulations::world::{run, Options, RunOutcome};
 use runmesh_simulations::{report, LifecycleScenario};
 
 const USAGE: &str = "usage:
-  runmesh-sim run SCENARIO [--seed N] [--random-faults] [--out DIR]
-  runmesh-sim sweep SCENARIO --seeds A..B [--random-faults]
+  runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--out DIR]
+  runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL]
   runmesh-sim bench [--nodes 5,50,200] [--virtual-s S] [--placement-nodes N] [--placement-jobs J]
   runmesh-sim lifecycle [--seed N] [--jobs J] [--workers W] [--crash-per-mille P] [--cancel-per-mille P]";
 
@@ -53,6 +53,8 @@ struct Flags {
     seed: Option<u64>,
     seeds: Option<(u64, u64)>,
     random_faults: bool,
+    /// Overrides the scenario's `cluster.eager_campaign`, to compare elections with and without.
+    eager_campaign: Option<bool>,
     out: Option<PathBuf>,
     nodes: Vec<usize>,
     virtual_s: Option<f64>,
@@ -66,6 +68,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
         seed: None,
         seeds: None,
         random_faults: false,
+        eager_campaign: None,
         out: None,
         nodes: Vec::new(),
         virtual_s: None,
@@ -97,6 +100,13 @@ fn parse(args: &[String]) -> Result<Flags, String> {
                 f.seeds = Some((a, b));
             }
             "--random-faults" => f.random_faults = true,
+            "--eager-campaign" => {
+                f.eager_campaign = Some(
+                    value("--eager-campaign")?
+                        .parse()
+                        .map_err(|_| "--eager-campaign takes true or false")?,
+                )
+            }
             "--out" => f.out = Some(PathBuf::from(value("--out")?)),
             "--nodes" => {
                 f.nodes = value("--nodes")?
@@ -141,13 +151,19 @@ fn load(f: &Flags) -> Result<(Scenario, String), String> {
         .positional
         .first()
         .ok_or("which scenario? (a .toml file)")?;
-    Ok((Scenario::load(std::path::Path::new(path))?, path.clone()))
+    let mut sc = Scenario::load(std::path::Path::new(path))?;
+    if let Some(eager) = f.eager_campaign {
+        sc.cluster.eager_campaign = eager;
+    }
+    Ok((sc, path.clone()))
 }
 
-fn replay(path: &str, seed: u64, random_faults: bool) -> String {
+fn replay(path: &str, seed: u64, f: &Flags) -> String {
     format!(
-        "cargo run -p runmesh-simulations --release --bin runmesh-sim -- run {path} --seed {seed}{}",
-        if random_faults { " --random-faults" } else { "" }
+        "cargo run -p runmesh-simulations --release --bin runmesh-sim -- run {path} --seed {seed}{}{}",
+        if f.random_faults { " --random-faults" } else { "" },
+        f.eager_campaign
+            .map_or(String::new(), |e| format!(" --eager-campaign {e}"))
     )
 }
 
@@ -155,7 +171,7 @@ fn summary(o: &RunOutcome) -> String {
     let j = &o.figures["jobs"];
     let l = &o.figures["latency_ms"];
     format!(
-        "scenario={} seed={} nodes={} virtual_s={:.1} wall_s={:.2} acked={} completed={} failed={} cancelled={} requeued={} p50_ms={} p99_ms={} leaders={} violations={}",
+        "scenario={} seed={} nodes={} virtual_s={:.1} wall_s={:.2} acked={} completed={} failed={} cancelled={} requeued={} p50_ms={} p99_ms={} leaders={} failover_ms={} violations={}",
         o.scenario,
         o.seed,
         o.nodes,
@@ -169,6 +185,7 @@ fn summary(o: &RunOutcome) -> String {
         l["p50"],
         l["p99"],
         o.figures["raft"]["elections_won"],
+        o.figures["raft"]["failover_ms"],
         o.violations_total
     )
 }
@@ -191,10 +208,10 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
         );
     }
     if o.violations_total > 0 {
-        println!("replay: {}", replay(&path, seed, f.random_faults));
+        println!("replay: {}", replay(&path, seed, &f));
     }
     if let Some(dir) = &f.out {
-        report::write(dir, &o, &replay(&path, seed, f.random_faults))
+        report::write(dir, &o, &replay(&path, seed, &f))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         println!("report: {}", dir.join("index.html").display());
     }
@@ -211,12 +228,16 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
     let (sc, path) = load(&f)?;
     let (a, b) = f.seeds.ok_or("sweep needs --seeds A..B")?;
     let mut failing = Vec::new();
+    let mut failovers: Vec<u64> = Vec::new();
     let wall = std::time::Instant::now();
     for seed in a..=b {
         let mut opts = Options::new(seed);
         opts.random_faults = f.random_faults;
         let o = run(&sc, &opts);
         eprintln!("{}", summary(&o));
+        if let Some(v) = o.figures["raft"]["failover_ms"].as_array() {
+            failovers.extend(v.iter().filter_map(|x| x.as_u64()));
+        }
         if o.violations_total > 0 {
             failing.push(o);
         }
@@ -228,6 +249,18 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
         wall.elapsed().as_secs_f64(),
         failing.len()
     );
+    if !failovers.is_empty() {
+        failovers.sort_unstable();
+        let at = |p: f64| failovers[((failovers.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "failover (kill leader to next leader, virtual ms) over {} kills: min={} median={} p90={} max={}",
+            failovers.len(),
+            failovers[0],
+            at(0.5),
+            at(0.9),
+            failovers[failovers.len() - 1]
+        );
+    }
     if !failing.is_empty() {
         println!(
             "{:<8} {:<24} {:<60} replay",
@@ -242,7 +275,7 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
                 o.seed,
                 format!("{:?}", v.invariant),
                 detail,
-                replay(&path, o.seed, f.random_faults)
+                replay(&path, o.seed, &f)
             );
         }
     }
