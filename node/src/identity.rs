@@ -184,6 +184,17 @@ impl NodeIdentity {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derived)
     }
 
+    /// The key the Raft QUIC endpoint signs its connection ids with, derived from the seed for the
+    /// same reason as [`NodeIdentity::stateless_reset_key`]: quinn drops a packet whose connection
+    /// id it did not sign before it would answer with a reset, so a restarted process must
+    /// recognise its predecessor's ids.
+    pub fn connection_id_key(&self) -> u64 {
+        let derived = blake3::derive_key("runmesh 2026-12 raft quic connection id key", &self.seed);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&derived[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// The blob store of the same seed, listening on `bind` (its iroh endpoint id is this node's
     /// public key).
     pub async fn start_blobs(
@@ -249,14 +260,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_stateless_reset_key_survives_a_restart_and_differs_per_node() {
+    fn the_quic_reset_and_connection_id_keys_survive_a_restart_and_differ_per_node() {
         let token = |id: &NodeIdentity| ring::hmac::sign(&id.stateless_reset_key(), b"cid-1234");
         let dir = tempfile::tempdir().unwrap();
         let (before, _) = NodeIdentity::load_or_create(dir.path()).unwrap();
         let (after, _) = NodeIdentity::load_or_create(dir.path()).unwrap();
         assert_eq!(token(&before).as_ref(), token(&after).as_ref());
+        assert_eq!(before.connection_id_key(), after.connection_id_key());
         let other = NodeIdentity::generate().unwrap();
         assert_ne!(token(&before).as_ref(), token(&other).as_ref());
+        assert_ne!(before.connection_id_key(), other.connection_id_key());
         // Not the signing seed itself under another name.
         let seeded = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &before.seed);
         assert_ne!(

@@ -161,7 +161,13 @@ impl QuicRaft {
             msg: e.to_string(),
         };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
-        let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        // Both keys from the identity: a peer's packets to this node's previous process (same
+        // port) then get a stateless reset it accepts, and it redials at once.
+        let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(identity.stateless_reset_key()));
+        let cid_key = identity.connection_id_key();
+        endpoint_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_err(std::io::Error::other("no async runtime for QUIC")))?;
         let endpoint =
