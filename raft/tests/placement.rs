@@ -47,6 +47,20 @@ impl SubmitPlacer for EchoOnOne {
     }
 }
 
+impl EchoOnOne {
+    /// What has settled once anything has, or (empty) at the deadline.
+    async fn settled_within(&self, timeout: Duration) -> Vec<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let settled = self.settled.lock().expect("lock").clone();
+            if !settled.is_empty() || tokio::time::Instant::now() >= deadline {
+                return settled;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placed_submit_starts_running_in_its_own_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,6 +69,20 @@ async fn a_placed_submit_starts_running_in_its_own_entry() {
         .await
         .expect("open");
     assert!(log.wait_healthy(Duration::from_secs(10)).await, "no leader");
+    // A leader is known before its state machine has applied the founding membership, and the
+    // placer is shown the applied members: wait for them, bounded.
+    let membership_index = log
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .log_id()
+        .map(|id| id.index);
+    log.raft()
+        .wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(membership_index, "founding membership applied")
+        .await
+        .expect("membership applied");
     let placer = Arc::new(EchoOnOne::default());
     log.set_placer(Some(placer.clone()));
 
@@ -78,7 +106,10 @@ async fn a_placed_submit_starts_running_in_its_own_entry() {
         }
         s => panic!("placed job is {s:?}"),
     }
-    assert_eq!(*placer.settled.lock().expect("lock"), vec![1]);
+    // The settle runs when the write's guard drops, which may be a moment after `propose`
+    // returned to us: wait for it, bounded.
+    let settled = placer.settled_within(Duration::from_secs(10)).await;
+    assert_eq!(settled, vec![1]);
     assert_eq!(*placer.members_seen.lock().expect("lock"), vec![1]);
 
     // The placer declines: a plain queued submit.
