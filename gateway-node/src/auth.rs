@@ -556,6 +556,15 @@ fn check_token_for(
         .cluster_key()
         .ok_or(AuthError::BadToken("Tokens are not available yet"))?;
     let claims = key.check_token(token, now_s)?;
+    // A token speaks for the key that asked for it: revoking the key ends its tokens now, not
+    // when they expire.
+    if claims.sub != ANONYMOUS
+        && state
+            .joblog
+            .read_state(|s| s.keys.get(&claims.sub).is_none())
+    {
+        return Err(AuthError::BadToken("Token's key was revoked"));
+    }
     let app = match route {
         Route::Realtime { model }
         | Route::RunStream { model }

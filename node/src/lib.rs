@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod artifacts;
 pub mod config;
+pub mod datadir;
 pub mod gpu;
 pub mod identity;
 pub mod keys_cli;

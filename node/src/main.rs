@@ -163,8 +163,14 @@ fn init_logging(format: LogFormat) {
 
 /// Runs one node until SIGINT/SIGTERM.
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let narrowed = runmesh_node::datadir::secure(&cfg.data_dir).context("securing the data dir")?;
+    if narrowed > 0 {
+        tracing::warn!(
+            data_dir = %cfg.data_dir.display(),
+            entries = narrowed,
+            "the data dir was readable by others: narrowed it to the node's user (0700 dirs, 0600 files)"
+        );
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // One key names the node everywhere (Raft id, QUIC certificate, libp2p peer id).
     let (identity, created) = runmesh_node::identity::NodeIdentity::load_or_create(&cfg.data_dir)

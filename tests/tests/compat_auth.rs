@@ -249,6 +249,48 @@ async fn keys_scopes_and_fal_auth_errors() {
         )
         .await;
     assert_eq!(r.status, 401);
+
+    // Revoking the key that asked for a token ends the token at once, in both of its forms.
+    let bearer = format!("Bearer {token}");
+    let as_bearer = [("Authorization", bearer.as_str())];
+    let r = api.post_json("/runmesh/echo", &json!({}), &as_bearer).await;
+    assert_eq!(
+        r.status,
+        200,
+        "Bearer token before the revoke: {}",
+        r.text()
+    );
+    let other_id = other.split(':').next().expect("id");
+    let r = as_key(
+        &api,
+        &admin,
+        Method::DELETE,
+        &format!("/admin/keys/{other_id}"),
+        None,
+    )
+    .await;
+    assert!(
+        (200..300).contains(&r.status),
+        "revoke: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = api
+        .post_json(
+            &format!("/runmesh/echo?fal_jwt_token={token}"),
+            &json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        401,
+        "fal_jwt_token of a revoked key: {}",
+        r.text()
+    );
+    r.assert_fal_json("revoked token");
+    let r = api.post_json("/runmesh/echo", &json!({}), &as_bearer).await;
+    assert_eq!(r.status, 401, "Bearer token of a revoked key: {}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,78 @@
+//! Secrets stay the node's: its data dir is private to its user, old data dirs included.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use runmesh_tests::Node;
+use serde_json::json;
+
+/// Every entry under `root` that another user could read, enter or write, with its mode.
+fn readable_by_others(root: &Path) -> Vec<String> {
+    let mut open = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            if mode != 0o700 {
+                open.push(format!("{} {mode:o}", p.display()));
+            }
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                pending.push(e.expect("entry").path());
+            }
+        } else if meta.is_file() && mode & 0o077 != 0 {
+            open.push(format!("{} {mode:o}", p.display()));
+        }
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_is_private_even_when_an_older_node_left_it_open() {
+    let mut node = Node::start_default();
+    let api = node.api();
+    // Outputs, a file and the Raft log with the cluster secret are all on disk once a job ran.
+    let r = api
+        .run_sync("runmesh/noise", &json!({"bytes": 1000, "seed": 1}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = node.data_dir();
+    assert!(
+        data.join("raft").exists(),
+        "no raft dir in {}",
+        data.display()
+    );
+    let open = readable_by_others(&data);
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+
+    // As an older runmesh left it: everything world-readable.
+    node.kill9();
+    let mut pending = vec![data.clone()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                pending.push(e.expect("entry").path());
+            }
+        }
+        if !meta.file_type().is_symlink() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+    assert!(!readable_by_others(&data).is_empty());
+    node.restart_same_dir();
+    let open = readable_by_others(&data);
+    assert!(
+        open.is_empty(),
+        "readable by others after restart: {open:#?}"
+    );
+    assert!(
+        node.stderr_all().contains("narrowed it to the node's user"),
+        "no warning in the log:\n{}",
+        node.stderr_tail()
+    );
+    // And it still serves from what it had.
+    let r = node.api().run_sync("runmesh/echo", &json!({"x": 1})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
