@@ -76,18 +76,22 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn mode(p: &Path) -> u32 {
-        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+        std::fs::symlink_metadata(p)
+            .expect("test io")
+            .permissions()
+            .mode()
+            & 0o777
     }
 
     #[test]
     fn narrows_an_old_data_dir_and_leaves_private_modes_alone() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().expect("test io");
         let data = tmp.path().join("data");
-        std::fs::create_dir_all(data.join("raft/db")).unwrap();
-        std::fs::write(data.join("raft/db/conf"), b"x").unwrap();
-        std::fs::write(data.join("admin.key"), b"k").unwrap();
+        std::fs::create_dir_all(data.join("raft/db")).expect("test io");
+        std::fs::write(data.join("raft/db/conf"), b"x").expect("test io");
+        std::fs::write(data.join("admin.key"), b"k").expect("test io");
         let set = |p: &Path, m: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("test io")
         };
         set(&data, 0o755);
         set(&data.join("raft"), 0o755);
@@ -96,11 +100,11 @@ mod tests {
         set(&data.join("admin.key"), 0o400);
         // A link out of the data dir: its target is not ours to change.
         let outside = tmp.path().join("outside");
-        std::fs::write(&outside, b"o").unwrap();
+        std::fs::write(&outside, b"o").expect("test io");
         set(&outside, 0o644);
-        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("link")).expect("test io");
 
-        assert_eq!(secure(&data).unwrap(), 3);
+        assert_eq!(secure(&data).expect("secure"), 3);
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("raft")), 0o700);
         assert_eq!(mode(&data.join("raft/db/conf")), 0o600);
@@ -108,8 +112,8 @@ mod tests {
         assert_eq!(mode(&data.join("admin.key")), 0o400);
         assert_eq!(mode(&outside), 0o644);
         // Files made from now on are private whatever the caller asks for.
-        std::fs::write(data.join("new"), b"n").unwrap();
+        std::fs::write(data.join("new"), b"n").expect("test io");
         assert_eq!(mode(&data.join("new")), 0o600);
-        assert_eq!(secure(&data).unwrap(), 0);
+        assert_eq!(secure(&data).expect("secure"), 0);
     }
 }
