@@ -432,12 +432,36 @@ async fn run_to_result(
 pub fn decode_msgpack(bytes: &[u8]) -> Result<Value, String> {
     use serde::de::DeserializeSeed as _;
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    BinAsDataUri.deserialize(&mut de).map_err(|e| e.to_string())
+    BinAsDataUri { depth: 0 }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())
 }
 
-/// A `serde_json::Value` built from any self-describing input, bytes as data URIs.
+/// The most arrays and maps nested in one another that an input may have: what `serde_json`
+/// parses (it refuses the 128th), so a msgpack input is refused where the same JSON would be,
+/// rather than accepted and then failing as a job whose input cannot be read back.
+pub const NESTING_MAX: usize = 127;
+
+/// A `serde_json::Value` built from any self-describing input, bytes as data URIs; `depth` is
+/// how many arrays and maps enclose the value.
 #[derive(Clone, Copy)]
-struct BinAsDataUri;
+struct BinAsDataUri {
+    depth: usize,
+}
+
+impl BinAsDataUri {
+    /// The seed of a container's elements, or the error once nesting passes [`NESTING_MAX`].
+    fn inner<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= NESTING_MAX {
+            return Err(E::custom(format!(
+                "recursion limit exceeded (more than {NESTING_MAX} nested arrays and maps)"
+            )));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+        })
+    }
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for BinAsDataUri {
     type Value = Value;
@@ -504,22 +528,24 @@ impl<'de> serde::de::Visitor<'de> for BinAsDataUri {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(self)? {
+        while let Some(v) = seq.next_element_seed(inner)? {
             out.push(v);
         }
         Ok(Value::Array(out))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
         let mut out = serde_json::Map::new();
-        while let Some(k) = map.next_key_seed(self)? {
+        while let Some(k) = map.next_key_seed(inner)? {
             // JSON keys are strings: a number or bool key keeps its text.
             let key = match k {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            out.insert(key, map.next_value_seed(self)?);
+            out.insert(key, map.next_value_seed(inner)?);
         }
         Ok(Value::Object(out))
     }
@@ -569,6 +595,28 @@ mod tests {
         let packed = rmp_serde::to_vec(&int_keys).unwrap();
         assert_eq!(decode_msgpack(&packed).unwrap(), json!({"7": "x"}));
         assert!(decode_msgpack(&[0xc1]).is_err());
+    }
+
+    #[test]
+    fn msgpack_nests_exactly_as_deep_as_json_parses() {
+        // `levels` maps, one inside the other: {"a": {"a": ... 1}}.
+        let nested = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "a": v });
+            }
+            v
+        };
+        let ok = nested(NESTING_MAX);
+        let packed = rmp_serde::to_vec(&ok).unwrap();
+        assert_eq!(decode_msgpack(&packed).unwrap(), ok);
+        assert!(serde_json::from_str::<Value>(&ok.to_string()).is_ok());
+
+        // One more: JSON refuses it, and so does msgpack (arrays count the same as maps).
+        let deep = json!([nested(NESTING_MAX)]);
+        assert!(serde_json::from_str::<Value>(&deep.to_string()).is_err());
+        let e = decode_msgpack(&rmp_serde::to_vec(&deep).unwrap()).unwrap_err();
+        assert!(e.contains("recursion limit"), "{e}");
         assert!(decode_msgpack(&[0x92, 0x01]).is_err());
     }
 }
