@@ -50,6 +50,12 @@ async fn as_key(api: &Api, key: &str, method: Method, path: &str, body: Option<V
     .await
 }
 
+/// POSTs `body` to `path` with `token` as its `fal_jwt_token` query parameter.
+async fn with_token(api: &Api, token: &str, path: &str, body: &Value) -> Resp {
+    api.post_json(&format!("{path}?fal_jwt_token={token}"), body, &[])
+        .await
+}
+
 async fn create_key(api: &Api, admin: &str, scope: &str) -> String {
     let r = as_key(
         api,
@@ -220,34 +226,14 @@ async fn keys_scopes_and_fal_auth_errors() {
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let token = r.json().as_str().expect("token string").to_string();
-    let r = api
-        .post_json(
-            &format!("/runmesh/echo?fal_jwt_token={token}"),
-            &json!({"t": 1}),
-            &[],
-        )
-        .await;
+    let r = with_token(&api, &token, "/runmesh/echo", &json!({"t": 1})).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = api
-        .post_json(
-            &format!("/runmesh/fail?fal_jwt_token={token}"),
-            &json!({}),
-            &[],
-        )
-        .await;
+    let r = with_token(&api, &token, "/runmesh/fail", &json!({})).await;
     assert_eq!(r.status, 403, "{}", r.text());
-    let r = api
-        .post_json("/runmesh/echo?fal_jwt_token=not.a.token", &json!({}), &[])
-        .await;
+    let r = with_token(&api, "not.a.token", "/runmesh/echo", &json!({})).await;
     assert_eq!(r.status, 401);
     // A token is no key for the queue.
-    let r = api
-        .post_json(
-            &format!("/queue/runmesh/echo?fal_jwt_token={token}"),
-            &json!({}),
-            &[],
-        )
-        .await;
+    let r = with_token(&api, &token, "/queue/runmesh/echo", &json!({})).await;
     assert_eq!(r.status, 401);
 
     // Revoking the key that asked for a token ends the token at once, in both of its forms.
@@ -275,13 +261,7 @@ async fn keys_scopes_and_fal_auth_errors() {
         r.status,
         r.text()
     );
-    let r = api
-        .post_json(
-            &format!("/runmesh/echo?fal_jwt_token={token}"),
-            &json!({}),
-            &[],
-        )
-        .await;
+    let r = with_token(&api, &token, "/runmesh/echo", &json!({})).await;
     assert_eq!(
         r.status,
         401,

@@ -1,30 +1,42 @@
 //! Secrets stay the node's: its data dir is private to its user, old data dirs included.
 
+use std::fs::Metadata;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use runmesh_tests::Node;
 use serde_json::json;
 
-/// Every entry under `root` that another user could read, enter or write, with its mode.
-fn readable_by_others(root: &Path) -> Vec<String> {
-    let mut open = Vec::new();
+/// Every entry under `root` (and `root`), with what `lstat` says of it.
+fn entries(root: &Path) -> Vec<(PathBuf, Metadata)> {
+    let mut all = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(p) = pending.pop() {
         let meta = std::fs::symlink_metadata(&p).expect("stat");
-        let mode = meta.permissions().mode() & 0o777;
         if meta.is_dir() {
-            if mode != 0o700 {
-                open.push(format!("{} {mode:o}", p.display()));
-            }
             for e in std::fs::read_dir(&p).expect("read_dir") {
                 pending.push(e.expect("entry").path());
             }
-        } else if meta.is_file() && mode & 0o077 != 0 {
-            open.push(format!("{} {mode:o}", p.display()));
         }
+        all.push((p, meta));
     }
-    open
+    all
+}
+
+/// Every entry under `root` that another user could read, enter or write, with its mode.
+fn readable_by_others(root: &Path) -> Vec<String> {
+    entries(root)
+        .into_iter()
+        .filter_map(|(p, meta)| {
+            let mode = meta.permissions().mode() & 0o777;
+            let open = if meta.is_dir() {
+                mode != 0o700
+            } else {
+                meta.is_file() && mode & 0o077 != 0
+            };
+            open.then(|| format!("{} {mode:o}", p.display()))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,16 +59,9 @@ async fn the_data_dir_is_private_even_when_an_older_node_left_it_open() {
 
     // As an older runmesh left it: everything world-readable.
     node.kill9();
-    let mut pending = vec![data.clone()];
-    while let Some(p) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&p).expect("stat");
-        let mode = if meta.is_dir() { 0o755 } else { 0o644 };
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p).expect("read_dir") {
-                pending.push(e.expect("entry").path());
-            }
-        }
+    for (p, meta) in entries(&data) {
         if !meta.file_type().is_symlink() {
+            let mode = if meta.is_dir() { 0o755 } else { 0o644 };
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
         }
     }
