@@ -14,6 +14,7 @@ mod admin_keys;
 pub mod auth;
 pub mod errors;
 pub mod files;
+pub mod outbound;
 pub mod partials;
 pub mod proxy;
 mod queue;
@@ -71,6 +72,8 @@ pub struct GatewayConfig {
     pub sse_keepalive_ms: u64,
     /// The node's blob store behind `/files/` and uploads (without it those answer 404/503).
     pub files: Option<files::FilesHandle>,
+    /// Where webhooks may point (checked at submit; the delivery checks again).
+    pub fetch_policy: outbound::FetchPolicy,
 }
 
 /// Default `Idempotency-Key` window: 24 hours.
@@ -91,6 +94,7 @@ impl Default for GatewayConfig {
             proxy_path: Some(proxy::PROXY_PATH_DEFAULT.to_string()),
             sse_keepalive_ms: stream::KEEPALIVE_INTERVAL.as_millis() as u64,
             files: None,
+            fetch_policy: outbound::FetchPolicy::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Caller, ANONYMOUS};
 use crate::errors::{json_response, with_request_id, ApiError};
+use crate::outbound::{FetchPolicy, SUBMIT_RESOLVE_TIMEOUT};
 use crate::routing::{query_map, RequestContext};
 use crate::status::{self, ResultView};
 use crate::watch::{next_change, CancelOnDrop, Change};
@@ -125,6 +126,21 @@ pub fn parse_options(
     }
 }
 
+/// A webhook the leader could not deliver (an internal address, unless the operator allows it) is
+/// refused now, as a 422 on `fal_webhook` that says nothing about the target.
+async fn check_webhook(policy: &FetchPolicy, url: &str) -> Result<(), ApiError> {
+    policy
+        .check_resolved(url, SUBMIT_RESOLVE_TIMEOUT)
+        .await
+        .map_err(|e| {
+            ApiError::Validation(vec![query_error(
+                "fal_webhook",
+                &format!("Webhook URL {e}"),
+                "url_not_allowed",
+            )])
+        })
+}
+
 fn header_error(name: &str, msg: &str, kind: &str) -> FieldError {
     FieldError {
         loc: vec!["header".into(), name.into()],
@@ -229,6 +245,9 @@ pub(crate) async fn prepare(
     let (parts, body) = req.into_parts();
     let query = query_map(&parts.uri);
     let opts = parse_options(&parts.headers, query.as_ref())?;
+    if let Some(url) = &opts.webhook_url {
+        check_webhook(&state.config.fetch_policy, url).await?;
+    }
     let bytes = read_body(&parts.headers, body, state.config.body_limit_bytes).await?;
     let (input_json, input) =
         if parts.method == axum::http::Method::GET && bytes.trim_ascii().is_empty() {

@@ -180,6 +180,17 @@ pub struct NodeArgs {
     /// Time limit of one webhook attempt [default: 15000].
     #[arg(long, value_name = "MS", env = "RUNMESH_WEBHOOK_TIMEOUT_MS")]
     pub webhook_timeout_ms: Option<u64>,
+    /// Internal destinations webhooks and input URLs may reach, comma-separated hosts, addresses
+    /// or CIDRs (`10.0.0.0/8,minio.internal`); `none` for nothing. Loopback, private, link-local,
+    /// unique-local and metadata addresses are refused otherwise [default: `run` none, `dev`
+    /// loopback].
+    #[arg(
+        long,
+        value_name = "LIST",
+        env = "RUNMESH_FETCH_ALLOW",
+        value_delimiter = ','
+    )]
+    pub fetch_allow: Option<Vec<String>>,
     /// Path of the endpoint the JS client's `proxyUrl` mode calls; "" turns it off
     /// [default: /api/fal/proxy].
     #[arg(long, value_name = "PATH", env = "RUNMESH_FAL_PROXY_PATH")]
@@ -301,6 +312,7 @@ impl NodeArgs {
             webhook_attempts: self.webhook_attempts,
             webhook_backoff_ms: self.webhook_backoff_ms,
             webhook_timeout_ms: self.webhook_timeout_ms,
+            fetch_allow: self.fetch_allow.clone(),
             fal_proxy_path: self.fal_proxy_path.clone(),
             result_retention_ms: self.result_retention_ms,
             large_result_retention_ms: self.large_result_retention_ms,

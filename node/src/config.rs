@@ -106,6 +106,9 @@ pub struct ConfigFile {
     pub webhook_attempts: Option<u32>,
     pub webhook_backoff_ms: Option<u64>,
     pub webhook_timeout_ms: Option<u64>,
+    /// Internal destinations (hosts, addresses, CIDRs) that webhooks and input URLs may reach;
+    /// `run` allows none, `dev` loopback ([`runmesh_gateway_node::outbound`]).
+    pub fetch_allow: Option<Vec<String>>,
     /// Path of the JS client's `proxyUrl` endpoint (`""` turns it off) [default: /api/fal/proxy].
     pub fal_proxy_path: Option<String>,
     /// How long finished requests stay readable, and for results of 10 KB or more.
@@ -197,6 +200,7 @@ impl ConfigFile {
             rate_limit: other.rate_limit.or(self.rate_limit),
             rate_burst: other.rate_burst.or(self.rate_burst),
             webhook_attempts: other.webhook_attempts.or(self.webhook_attempts),
+            fetch_allow: other.fetch_allow.or(self.fetch_allow),
             webhook_backoff_ms: other.webhook_backoff_ms.or(self.webhook_backoff_ms),
             webhook_timeout_ms: other.webhook_timeout_ms.or(self.webhook_timeout_ms),
             fal_proxy_path: other.fal_proxy_path.or(self.fal_proxy_path),
@@ -357,6 +361,8 @@ pub struct CompatConfig {
     pub rate_per_s: u32,
     pub rate_burst: u32,
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Where requests made for a caller may go (webhooks, input URLs).
+    pub fetch_policy: crate::outbound::FetchPolicy,
     /// `None`: no `proxyUrl` endpoint.
     pub proxy_path: Option<String>,
     pub retention: runmesh_proto::Retention,
@@ -393,8 +399,17 @@ impl CompatConfig {
             timeout_ms: c.webhook_timeout_ms.unwrap_or(defaults.timeout_ms).max(1),
             ..defaults
         };
+        // A developer's own receivers and files are on loopback; a production node reaches only
+        // the public internet unless its operator lists more.
+        let fetch_policy = match &c.fetch_allow {
+            Some(list) => crate::outbound::FetchPolicy::parse(list)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?,
+            None if is_run => crate::outbound::FetchPolicy::default(),
+            None => crate::outbound::FetchPolicy::loopback(),
+        };
         Ok(Self {
             tls,
+            fetch_policy,
             require_auth: is_run || c.require_auth.unwrap_or(false),
             admin_key: c.admin_key.clone().filter(|k| !k.0.trim().is_empty()),
             rate_per_s: c.rate_limit.unwrap_or(DEFAULT_RATE_PER_S),
@@ -856,6 +871,39 @@ mod tests {
             NodeConfig::resolve(files, false).unwrap().compat.tls,
             TlsMode::Files { .. }
         ));
+    }
+
+    #[test]
+    fn fetch_allow_defaults_to_loopback_on_dev_and_nothing_on_run() {
+        use crate::outbound::FetchPolicy;
+        let paths = ConfigFile {
+            data_dir: Some("/d".into()),
+            http: Some("127.0.0.1:1".parse().unwrap()),
+            ..ConfigFile::default()
+        };
+        let dev = NodeConfig::resolve(paths.clone(), false).unwrap();
+        assert_eq!(dev.compat.fetch_policy, FetchPolicy::loopback());
+        let run = NodeConfig::resolve(paths.clone(), true).unwrap();
+        assert_eq!(run.compat.fetch_policy, FetchPolicy::default());
+        let listed =
+            ConfigFile::parse("fetch_allow = [\"10.0.0.0/8\", \"minio.internal\"]").unwrap();
+        let c = NodeConfig::resolve(paths.clone().overlay(listed), true).unwrap();
+        assert!(c
+            .compat
+            .fetch_policy
+            .addr_allowed("10.1.1.1".parse().unwrap()));
+        assert!(c.compat.fetch_policy.host_listed("minio.internal"));
+        let none = ConfigFile {
+            fetch_allow: Some(vec!["none".into()]),
+            ..paths.clone()
+        };
+        let c = NodeConfig::resolve(none, false).unwrap();
+        assert_eq!(c.compat.fetch_policy, FetchPolicy::default());
+        let bad = ConfigFile {
+            fetch_allow: Some(vec!["10.0.0.0/99".into()]),
+            ..paths
+        };
+        assert!(NodeConfig::resolve(bad, false).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod identity;
 pub mod keys_cli;
 pub mod mesh;
+pub mod outbound;
 pub mod runners;
 pub mod tls;
 pub mod webhooks;

@@ -239,6 +239,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         joblog.clone(),
         clock.clone(),
         cfg.compat.webhooks.clone(),
+        cfg.compat.fetch_policy.clone(),
         stop_rx.clone(),
     ));
     let ticker_task = tokio::spawn(run_ticker(
@@ -308,6 +309,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         files: Some(runmesh_gateway_node::files::FilesHandle(Arc::new(
             runmesh_node::artifacts::Store(artifacts.clone()),
         ))),
+        fetch_policy: cfg.compat.fetch_policy.clone(),
         ..GatewayConfig::default()
     };
     let app = runmesh_gateway_node::router(joblog.clone(), catalog, partials, gateway);

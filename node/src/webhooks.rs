@@ -17,6 +17,8 @@ use runmesh_proto::{Clock, Command, RequestId};
 use runmesh_raft::JobLog;
 use tokio::sync::{watch, Semaphore};
 
+use crate::outbound::{self, FetchError, FetchPolicy, Outbound};
+
 /// Delivery policy. fal: a 15 s timeout, 10 tries over about 2 hours.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookConfig {
@@ -81,14 +83,11 @@ pub async fn run(
     joblog: JobLog,
     clock: Arc<dyn Clock>,
     cfg: WebhookConfig,
+    policy: FetchPolicy,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(cfg.timeout_ms.max(1)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("runmesh-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    // fal does not follow a receiver's redirects; neither does this client.
+    let client = match Outbound::new(policy, Duration::from_millis(cfg.timeout_ms.max(1)), false) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "webhook client could not be built; webhooks stay pending");
@@ -160,7 +159,7 @@ pub async fn run(
 async fn deliver(
     joblog: JobLog,
     clock: Arc<dyn Clock>,
-    client: reqwest::Client,
+    client: Outbound,
     cfg: WebhookConfig,
     id: RequestId,
     url: String,
@@ -178,23 +177,34 @@ async fn deliver(
             None => AttemptOutcome::GaveUp {
                 error: "the job has not finished".into(),
             },
-            Some(msg) => {
-                let mut req = client.post(&url).body(msg.body);
-                for (k, v) in &msg.headers {
-                    req = req.header(*k, v);
+            Some(msg) => match client.request(reqwest::Method::POST, &url) {
+                // Accepted before the node's policy refused it (an older version, a narrower
+                // --fetch-allow): never sent.
+                Err(e) => AttemptOutcome::GaveUp {
+                    error: e.to_string(),
+                },
+                Ok(mut req) => {
+                    req = req.body(msg.body);
+                    for (k, v) in &msg.headers {
+                        req = req.header(*k, v);
+                    }
+                    match req.send().await.map_err(outbound::classify) {
+                        Ok(resp) if resp.status().is_success() => AttemptOutcome::Delivered {
+                            http_status: resp.status().as_u16(),
+                        },
+                        Ok(resp) => cfg.after_failure(
+                            attempt,
+                            clock.now_ms(),
+                            format!("receiver answered HTTP {}", resp.status().as_u16()),
+                        ),
+                        // The host name resolved to refused addresses only.
+                        Err(e @ FetchError::Refused(_)) => AttemptOutcome::GaveUp {
+                            error: e.to_string(),
+                        },
+                        Err(e) => cfg.after_failure(attempt, clock.now_ms(), e.to_string()),
+                    }
                 }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() => AttemptOutcome::Delivered {
-                        http_status: resp.status().as_u16(),
-                    },
-                    Ok(resp) => cfg.after_failure(
-                        attempt,
-                        clock.now_ms(),
-                        format!("receiver answered HTTP {}", resp.status().as_u16()),
-                    ),
-                    Err(e) => cfg.after_failure(attempt, clock.now_ms(), error_chain(&e)),
-                }
-            }
+            },
         },
     };
     match &outcome {
@@ -218,19 +228,6 @@ async fn deliver(
         // Not recorded: the delivery stays pending and is attempted again (at least once).
         tracing::warn!(request_id = %id, error = %e, "webhook attempt not recorded");
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    // Bounded: error chains are short.
-    for _ in 0..8 {
-        let Some(s) = cur else { break };
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -220,6 +220,11 @@ impl Node {
         self.spawn_with_retries(Some(port));
     }
 
+    /// The flags the next (re)start passes after the harness's own.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.opts.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// The last lines of the current child's stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
         tail_of_file(&self.stderr_path(self.generation))

@@ -300,6 +300,12 @@ async fn vad_refuses_unusable_audio_with_fal_422s() {
             json!(["body", "audio"]),
             "file_download_error",
         ),
+        // The outbound policy: `dev` allows loopback, never the metadata address.
+        (
+            json!({"audio": "http://169.254.169.254/latest/meta-data/"}),
+            json!(["body", "audio"]),
+            "file_download_error",
+        ),
     ] {
         let r = api.submit_raw(APP, &input, &[]).await;
         assert_eq!(r.status, 422, "{input}: {}", r.text());
@@ -325,7 +331,10 @@ async fn vad_refuses_unusable_audio_with_fal_422s() {
         .run_sync(APP, &json!({"audio": format!("{base}/gone.wav")}))
         .await;
     assert_eq!(r.status, 422, "{}", r.text());
-    assert_eq!(r.json()["detail"][0]["type"], "file_download_error");
+    let d = &r.json()["detail"][0];
+    assert_eq!(d["type"], "file_download_error");
+    // Nothing about the target (its status, the connection error) reaches the caller.
+    assert_eq!(d["msg"], "audio could not be downloaded", "{d}");
     // A clip of 4000 samples has 8 chunks (the last zero-padded); an empty one has none.
     let r = api
         .run_sync(APP, &json!({"audio": data_uri(&wav(&tone, 16_000, 1))}))
@@ -339,6 +348,54 @@ async fn vad_refuses_unusable_audio_with_fal_422s() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["probabilities"], json!([]));
     assert_eq!(r.json()["segments"], json!([]));
+}
+
+/// A node that may reach nothing internal (what `run` does by default) still reads the cluster's
+/// own uploads (from its blob store, not over HTTP), and refuses a loopback URL at submit without
+/// touching it.
+#[tokio::test(flavor = "multi_thread")]
+async fn vad_reads_uploads_but_not_internal_urls_when_the_policy_allows_nothing() {
+    let Some(dir) = models_dir() else { return };
+    let node = Node::start(NodeOpts {
+        extra_args: vec![
+            "--models-dir".into(),
+            dir.display().to_string(),
+            "--fetch-allow".into(),
+            "none".into(),
+        ],
+        ..NodeOpts::default()
+    });
+    let api = node.api();
+    let tone: Vec<i16> = (0..4000).map(|i| ((i % 40) * 500) as i16).collect();
+    let clip = wav(&tone, 16_000, 1);
+    let r = api
+        .send(
+            reqwest::Method::POST,
+            "/storage/upload",
+            &[("content-type", "audio/wav"), ("x-fal-file-name", "a.wav")],
+            Some(clip.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["url"].as_str().expect("upload url").to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let r = api.run_sync(APP, &json!({ "audio": url })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(probabilities(&r.json()).len(), 8);
+
+    let (base, server) = serve_bytes(clip, 1).await;
+    let r = api
+        .submit_raw(APP, &json!({"audio": format!("{base}/a.wav")}), &[])
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let d = &r.json()["detail"][0];
+    assert_eq!(d["loc"], json!(["body", "audio"]), "{d}");
+    let msg = d["msg"].as_str().unwrap_or("");
+    assert!(msg.contains("not an allowed destination"), "{d}");
+    assert!(!msg.contains(&base[7..]), "the target is not echoed: {d}");
+    // The server was never asked: its one request is still unanswered.
+    assert!(!server.is_finished());
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use runmesh_proto::fal::FieldError;
 
+use super::JobContext;
+use crate::outbound::{FetchError, FetchPolicy, Outbound, Refused};
+
 /// The only rate the models take; higher multiples of it are decimated (see [`Wav::to_16k`]).
 pub const SAMPLE_RATE: u32 = 16_000;
 /// Most bytes an audio file may have (≈ 35 min of 16 kHz PCM16); a data URI is bounded by the
@@ -43,27 +46,62 @@ impl AudioError {
     }
 }
 
-/// The bytes behind an `audio` value. This is the one place that resolves a URL: when the node
-/// serves blobs itself (`/files/{hash}`), its own URLs can be looked up locally here instead of
-/// fetched.
-pub async fn load(url: &str) -> Result<Vec<u8>, AudioError> {
+/// The bytes behind an `audio` value: a `data:` URI, one of the cluster's own file URLs (read from
+/// the blob store through `ctx`, no HTTP round trip), or an http(s) URL fetched under the node's
+/// outbound policy.
+pub async fn load(url: &str, ctx: &JobContext, outbound: &Outbound) -> Result<Vec<u8>, AudioError> {
     if url.starts_with("data:") {
         return decode_data_uri(url);
     }
-    check_url(url)?;
-    fetch_http(url, AUDIO_BYTES_MAX).await
+    if is_cluster_file_url(url) {
+        let path = ctx
+            .input_file(url)
+            .await
+            .map_err(|e| AudioError::new("file_download_error", e.message))?;
+        let bytes = tokio::fs::read(&path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        let bytes = bytes.map_err(|e| AudioError::new("file_download_error", e.to_string()))?;
+        if bytes.len() > AUDIO_BYTES_MAX {
+            return Err(too_large());
+        }
+        return Ok(bytes);
+    }
+    check_url(url, outbound.policy())?;
+    outbound
+        .get_bounded(url, AUDIO_BYTES_MAX)
+        .await
+        .map_err(|e| {
+            // The detail is for the operator; the caller learns nothing about the target.
+            tracing::info!(error = %e, "audio input not fetched");
+            match e {
+                FetchError::TooLarge(_) => too_large(),
+                e => AudioError::new(
+                    "file_download_error",
+                    format!("audio {}", e.caller_message()),
+                ),
+            }
+        })
 }
 
-/// Whether `url` is one [`load`] can take: a `data:` URI or an http(s) URL.
-pub fn check_url(url: &str) -> Result<(), AudioError> {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    if url.starts_with("data:") || lower.starts_with("http://") || lower.starts_with("https://") {
+/// A `/files/` URL of this cluster (by hash or upload token), served from the blob store.
+pub fn is_cluster_file_url(url: &str) -> bool {
+    runmesh_gateway_node::files::upload_token_in(url).is_some()
+        || !runmesh_proto::file_hashes_in(url).is_empty()
+}
+
+/// Whether `url` is one [`load`] can take: a `data:` URI, a cluster file URL, or an http(s) URL
+/// the outbound policy allows (its host name's addresses are checked when it is fetched).
+pub fn check_url(url: &str, policy: &FetchPolicy) -> Result<(), AudioError> {
+    if url.starts_with("data:") || is_cluster_file_url(url) {
         return Ok(());
     }
-    Err(AudioError::new(
-        "file_download_error",
-        "audio must be a data: URI or an http(s) URL",
-    ))
+    policy.check_url(url).map(|_| ()).map_err(|e| {
+        let msg = match e {
+            Refused::Scheme => "audio must be a data: URI or an http(s) URL".to_string(),
+            e => format!("audio URL {e}"),
+        };
+        AudioError::new("file_download_error", msg)
+    })
 }
 
 /// `data:[<media type>][;base64],<data>`; only base64 payloads are taken (what fal clients send).
@@ -104,37 +142,6 @@ fn too_large() -> AudioError {
         "file_too_large",
         format!("audio is larger than {} MiB", AUDIO_BYTES_MAX >> 20),
     )
-}
-
-/// A plain GET, refused past `max_bytes` (by Content-Length, then while reading).
-async fn fetch_http(url: &str, max_bytes: usize) -> Result<Vec<u8>, AudioError> {
-    use futures::StreamExt;
-    let dl = |e: String| AudioError::new("file_download_error", format!("fetching {url}: {e}"));
-    let client = reqwest::Client::builder()
-        .timeout(FETCH_TIMEOUT)
-        .build()
-        .map_err(|e| dl(e.to_string()))?;
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| dl(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(dl(format!("HTTP {}", resp.status())));
-    }
-    if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| dl(e.to_string()))?;
-        if body.len() + chunk.len() > max_bytes {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// A decoded WAV file: samples in [-1, 1], one channel.
@@ -384,50 +391,20 @@ mod tests {
         assert_eq!(decode_data_uri(&data_uri(&wav)).unwrap(), wav);
     }
 
-    #[tokio::test]
-    async fn urls_other_than_data_and_http_are_refused() {
-        let e = load("file:///etc/passwd").await.unwrap_err();
+    #[test]
+    fn urls_are_checked_against_the_outbound_policy() {
+        let none = FetchPolicy::default();
+        let e = check_url("file:///etc/passwd", &none).unwrap_err();
         assert_eq!(e.kind, "file_download_error");
-        assert_eq!(load("data:;base64,AAEC").await.unwrap(), [0, 1, 2]);
-    }
-
-    #[tokio::test]
-    async fn http_fetch_is_bounded() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Answers every connection with 100 bytes, then 404 for the path /missing.
-        let server = tokio::spawn(async move {
-            for _ in 0..3 {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut req = [0u8; 1024];
-                let n = s.read(&mut req).await.unwrap_or(0);
-                let missing = String::from_utf8_lossy(&req[..n]).contains("/missing");
-                let resp = if missing {
-                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_string()
-                } else {
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}",
-                        "x".repeat(100)
-                    )
-                };
-                let _ = s.write_all(resp.as_bytes()).await;
-            }
-        });
-        let url = format!("http://{addr}/a.wav");
-        assert_eq!(fetch_http(&url, 100).await.unwrap().len(), 100);
-        assert_eq!(
-            fetch_http(&url, 99).await.unwrap_err().kind,
-            "file_too_large"
-        );
-        let e = fetch_http(&format!("http://{addr}/missing"), 100)
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind, "file_download_error");
-        assert!(e.msg.contains("404"), "{e}");
-        server.abort();
+        assert!(e.msg.contains("data: URI or an http(s) URL"), "{e}");
+        let e = check_url("http://169.254.169.254/latest/meta-data/", &none).unwrap_err();
+        assert!(e.msg.contains("not an allowed destination"), "{e}");
+        assert!(check_url("https://example.com/a.wav", &none).is_ok());
+        assert!(check_url("data:;base64,AAEC", &none).is_ok());
+        // The cluster's own file URLs are read from the blob store, wherever they point.
+        let own = format!("http://127.0.0.1:8080/files/{}/a.wav", "ab".repeat(32));
+        assert!(check_url(&own, &none).is_ok());
+        assert!(check_url("http://10.0.0.5:8080/files/t/tok123/a.wav", &none).is_ok());
+        assert!(check_url("http://127.0.0.1:8080/a.wav", &FetchPolicy::loopback()).is_ok());
     }
 }

@@ -14,6 +14,7 @@ use super::minilm::default_device;
 use super::models::{self, PinnedModel};
 use super::pool::WarmPool;
 use super::{App, AppError, AppRegistry, JobContext};
+use crate::outbound::Outbound;
 
 /// Where a model app's weights are and what loads and runs them; cheap to clone into a job.
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub struct ModelHome {
     pub dir: PathBuf,
     pub pool: Arc<WarmPool>,
     pub device: Device,
+    /// The node's policy-bound HTTP client, for input URLs a job names.
+    pub outbound: Outbound,
 }
 
 /// An app serving one pinned model from the warm pool.
@@ -38,11 +41,12 @@ pub trait ModelApp: App + Sized {
     fn from_home(home: ModelHome) -> Self;
     fn home(&self) -> &ModelHome;
 
-    fn new(dir: PathBuf, pool: Arc<WarmPool>) -> Self {
+    fn new(dir: PathBuf, pool: Arc<WarmPool>, outbound: Outbound) -> Self {
         Self::from_home(ModelHome {
             dir,
             pool,
             device: default_device(),
+            outbound,
         })
     }
 
@@ -103,10 +107,11 @@ pub async fn install<A: ModelApp>(
     registry: &mut AppRegistry,
     pool: &Arc<WarmPool>,
     models_dir: &Path,
+    outbound: &Outbound,
 ) {
     match models::check_present(models_dir, A::MODEL) {
         Ok(model_dir) => {
-            let app = A::new(model_dir, pool.clone());
+            let app = A::new(model_dir, pool.clone(), outbound.clone());
             if pool.config().policy(A::MODEL.name).min_warm > 0 {
                 match app.home().warm::<A>().await {
                     Ok(()) => info!(model = A::MODEL.name, "loaded at start (min_warm)"),

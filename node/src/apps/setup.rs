@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::models;
 use super::pool::WarmPool;
+use super::{audio, models};
 use super::{App as _, AppRegistry};
 use crate::config::NodeConfig;
 use crate::gpu::{self, GpuProbe};
+use crate::outbound::Outbound;
 use crate::runners;
 
 /// The node's apps and the resources behind them.
@@ -27,6 +28,8 @@ pub struct Runtime {
 pub enum SetupError {
     #[error("--gpus: {0}")]
     Gpus(#[from] gpu::GpuSpecError),
+    #[error("the outbound HTTP client: {0}")]
+    Http(String),
 }
 
 /// Builds the registry for `cfg`. Never fails on a missing model or a broken runner (the node serves
@@ -45,9 +48,11 @@ pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
             warn!(model = %name, "config names a model this node does not know; ignored");
         }
     }
-    install_minilm(&mut registry, &pool, &models_dir).await;
-    install_vad(&mut registry, &pool, &models_dir).await;
-    install_gemma(&mut registry, &pool, &models_dir).await;
+    let outbound = Outbound::new(cfg.compat.fetch_policy.clone(), audio::FETCH_TIMEOUT, true)
+        .map_err(|e| SetupError::Http(e.to_string()))?;
+    install_minilm(&mut registry, &pool, &models_dir, &outbound).await;
+    install_vad(&mut registry, &pool, &models_dir, &outbound).await;
+    install_gemma(&mut registry, &pool, &models_dir, &outbound).await;
 
     let mut runner_errors = Vec::new();
     for cmd in &cfg.runners {
@@ -79,18 +84,33 @@ pub async fn build(cfg: &NodeConfig) -> Result<Runtime, SetupError> {
 }
 
 #[cfg(feature = "models")]
-async fn install_minilm(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    super::model_app::install::<super::minilm::MiniLmApp>(registry, pool, dir).await;
+async fn install_minilm(
+    registry: &mut AppRegistry,
+    pool: &Arc<WarmPool>,
+    dir: &std::path::Path,
+    outbound: &Outbound,
+) {
+    super::model_app::install::<super::minilm::MiniLmApp>(registry, pool, dir, outbound).await;
 }
 
 #[cfg(feature = "models")]
-async fn install_vad(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    super::model_app::install::<super::vad::VadApp>(registry, pool, dir).await;
+async fn install_vad(
+    registry: &mut AppRegistry,
+    pool: &Arc<WarmPool>,
+    dir: &std::path::Path,
+    outbound: &Outbound,
+) {
+    super::model_app::install::<super::vad::VadApp>(registry, pool, dir, outbound).await;
 }
 
 #[cfg(feature = "models")]
-async fn install_gemma(registry: &mut AppRegistry, pool: &Arc<WarmPool>, dir: &std::path::Path) {
-    super::model_app::install::<super::gemma::GemmaApp>(registry, pool, dir).await;
+async fn install_gemma(
+    registry: &mut AppRegistry,
+    pool: &Arc<WarmPool>,
+    dir: &std::path::Path,
+    outbound: &Outbound,
+) {
+    super::model_app::install::<super::gemma::GemmaApp>(registry, pool, dir, outbound).await;
 }
 
 #[cfg(not(feature = "models"))]
@@ -104,16 +124,31 @@ fn without_models(registry: &mut AppRegistry, model: &models::PinnedModel) {
 }
 
 #[cfg(not(feature = "models"))]
-async fn install_minilm(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+async fn install_minilm(
+    registry: &mut AppRegistry,
+    _pool: &Arc<WarmPool>,
+    _dir: &std::path::Path,
+    _outbound: &Outbound,
+) {
     without_models(registry, &models::MINILM);
 }
 
 #[cfg(not(feature = "models"))]
-async fn install_vad(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+async fn install_vad(
+    registry: &mut AppRegistry,
+    _pool: &Arc<WarmPool>,
+    _dir: &std::path::Path,
+    _outbound: &Outbound,
+) {
     without_models(registry, &models::SILERO_VAD);
 }
 
 #[cfg(not(feature = "models"))]
-async fn install_gemma(registry: &mut AppRegistry, _pool: &Arc<WarmPool>, _dir: &std::path::Path) {
+async fn install_gemma(
+    registry: &mut AppRegistry,
+    _pool: &Arc<WarmPool>,
+    _dir: &std::path::Path,
+    _outbound: &Outbound,
+) {
     without_models(registry, &models::GEMMA);
 }

@@ -469,7 +469,8 @@ impl App for VadApp {
                     .and_then(|b| decode(&b))
                     .map_err(|e| vec![e.field_error("audio")])?;
             } else {
-                audio::check_url(uri).map_err(|e| vec![e.field_error("audio")])?;
+                audio::check_url(uri, self.home.outbound.policy())
+                    .map_err(|e| vec![e.field_error("audio")])?;
             }
         }
         Ok(())
@@ -495,7 +496,9 @@ impl App for VadApp {
                 .get("audio")
                 .and_then(Value::as_str)
                 .ok_or_else(|| AppError::runner("input has no `audio` string"))?;
-            let bytes = audio::load(url).await.map_err(|e| unprocessable(&e))?;
+            let bytes = audio::load(url, &ctx, &home.outbound)
+                .await
+                .map_err(|e| unprocessable(&e))?;
             let samples = Arc::new(decode(&bytes).map_err(|e| unprocessable(&e))?);
             drop(bytes);
             let len = samples.len();
@@ -707,7 +710,20 @@ mod tests {
             eprintln!("skipping: {} not fetched", dir.display());
             return;
         }
-        let app = VadApp::new(dir, Arc::new(WarmPool::new(PoolConfig::default())));
+        let outbound = crate::outbound::Outbound::new(
+            crate::outbound::FetchPolicy::default(),
+            audio::FETCH_TIMEOUT,
+            true,
+        )
+        .unwrap();
+        let app = VadApp::new(
+            dir,
+            Arc::new(WarmPool::new(PoolConfig::default())),
+            outbound,
+        );
+        let refused = json!({ "audio": "http://169.254.169.254/latest/meta-data/" });
+        let e = app.validate(None, &refused).unwrap_err();
+        assert_eq!(e[0].loc, ["body", "audio"]);
         // 5 s: 157 chunks, three batches.
         let wav = audio::encode_wav(&vec![0.0; 5 * 16_000], 16_000, false);
         let input = json!({ "audio": audio::data_uri(&wav) });
