@@ -11,7 +11,7 @@ use runmesh_proto::{Command, CommandOutput, RequestId};
 use runmesh_raft::webhooks::DeliveryState;
 use serde_json::{json, Value};
 
-use crate::auth::{new_key, Caller, TokenClaims, ANONYMOUS, TOKEN_TTL_MAX_S};
+use crate::auth::{new_key, Caller, TokenAudience, TokenClaims, ANONYMOUS, TOKEN_TTL_MAX_S};
 use crate::errors::{json_response, ApiError};
 use crate::submit::read_body;
 use crate::AppState;
@@ -113,6 +113,7 @@ pub(crate) async fn tokens(state: &AppState, caller: &Caller, req: Request) -> R
         apps,
         iat: now_s,
         exp: now_s.saturating_add(ttl_s),
+        audience: TokenAudience::Realtime,
     };
     json_response(
         StatusCode::CREATED,

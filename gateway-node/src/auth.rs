@@ -68,6 +68,8 @@ pub enum Need {
     Key,
     /// A DEFAULT key or a realtime token for the app (realtime, streams).
     KeyOrToken,
+    /// A DEFAULT key or an upload token (`/storage/auth/token`): the Python client's uploads.
+    KeyOrUploadToken,
     /// An ADMIN key, always.
     Admin,
 }
@@ -339,7 +341,20 @@ impl ClusterKey {
     }
 }
 
-/// What a realtime token grants.
+/// What a token is for; each route takes one kind, so a leaked upload token opens no app and a
+/// realtime token uploads nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAudience {
+    /// Realtime sockets, streams and runs of its apps (`POST /tokens/`); tokens issued before
+    /// audiences existed are these.
+    #[default]
+    Realtime,
+    /// `POST /files/upload` and `/storage/upload` only (`POST /storage/auth/token`).
+    Upload,
+}
+
+/// What a token grants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
     /// The key id that asked for it (or `anonymous`).
@@ -348,6 +363,8 @@ pub struct TokenClaims {
     pub apps: Vec<String>,
     pub iat: u64,
     pub exp: u64,
+    #[serde(default, rename = "aud")]
+    pub audience: TokenAudience,
 }
 
 impl TokenClaims {
@@ -427,6 +444,7 @@ pub fn need_of(route: &Route) -> Need {
         | Route::RunStream { .. }
         | Route::Run { .. }
         | Route::HttpOverWs { .. } => Need::KeyOrToken,
+        Route::Upload => Need::KeyOrUploadToken,
         // A route miss reveals nothing, so it needs no key.
         Route::NotFound | Route::MethodNotAllowed { .. } => Need::Public,
         _ => Need::Key,
@@ -491,7 +509,9 @@ fn authenticate(
             }
         }
         Presented::Malformed if require => return Err(AuthError::Malformed),
-        Presented::Bearer(t) if need == Need::KeyOrToken => token = Some(t.to_string()),
+        Presented::Bearer(t) if matches!(need, Need::KeyOrToken | Need::KeyOrUploadToken) => {
+            token = Some(t.to_string())
+        }
         Presented::Bearer(_) if require => return Err(AuthError::UnknownKey),
         _ => {}
     }
@@ -504,7 +524,7 @@ fn authenticate(
     }
     let caller = match (caller, token) {
         (Some(c), _) => c,
-        (None, Some(t)) => match check_token_for(state, route, &t, now_ms / 1000) {
+        (None, Some(t)) => match check_token_for(state, route, need, &t, now_ms / 1000) {
             Ok(claims) => Caller::Token(claims),
             Err(e) if require => return Err(e),
             Err(_) => Caller::Anonymous,
@@ -549,6 +569,7 @@ fn authenticate(
 fn check_token_for(
     state: &crate::AppState,
     route: &Route,
+    need: Need,
     token: &str,
     now_s: u64,
 ) -> Result<TokenClaims, AuthError> {
@@ -556,6 +577,14 @@ fn check_token_for(
         .cluster_key()
         .ok_or(AuthError::BadToken("Tokens are not available yet"))?;
     let claims = key.check_token(token, now_s)?;
+    let audience = if need == Need::KeyOrUploadToken {
+        TokenAudience::Upload
+    } else {
+        TokenAudience::Realtime
+    };
+    if claims.audience != audience {
+        return Err(AuthError::Forbidden("Token is not for this endpoint"));
+    }
     // A token speaks for the key that asked for it: revoking the key ends its tokens now, not
     // when they expire.
     if claims.sub != ANONYMOUS
@@ -654,6 +683,7 @@ mod tests {
             apps: vec!["echo".into()],
             iat: 10,
             exp: 130,
+            audience: TokenAudience::Realtime,
         };
         let t = k.issue_token(&claims);
         assert_eq!(t.split('.').count(), 3);
@@ -668,6 +698,15 @@ mod tests {
         tampered.insert(tampered.find('.').unwrap() + 2, 'x');
         assert!(k.check_token(&tampered, 100).is_err());
         assert!(k.check_token("a.b", 100).is_err());
+        // A token from before audiences existed is a realtime token.
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(r#"{"sub":"kid","apps":["echo"],"iat":10,"exp":130}"#);
+        let input = format!("{header}.{body}");
+        let old = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(k.sign(input.as_bytes()))
+        );
+        assert_eq!(k.check_token(&old, 100).unwrap(), claims);
         let app = runmesh_proto::AppId::new("runmesh", "echo").unwrap();
         assert!(claims.allows_app(&app));
         assert!(!TokenClaims {

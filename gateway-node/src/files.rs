@@ -20,6 +20,7 @@ use runmesh_proto::{CommandResult, FileRef, JobCommand, NodeId, Rejection, Reque
 use runmesh_raft::JobTable;
 use serde_json::json;
 
+use crate::auth::{Caller, TokenAudience, TokenClaims, ANONYMOUS};
 use crate::errors::{json_response, ApiError};
 use crate::routing::RequestContext;
 use crate::AppState;
@@ -598,28 +599,29 @@ pub fn upload_token_in(url: &str) -> Option<&str> {
 const STORAGE_TOKEN_TTL_MS: u64 = 3_600_000;
 
 /// `POST /storage/auth/token?storage_type=fal-cdn-v3`: what fal's Python client asks for before
-/// `POST <base_url>/files/upload`. This node's upload endpoint takes the caller's own credentials,
-/// so the "token" is the one the caller presented (its key, scheme and all), and `base_url` is
-/// this node: no second secret exists to leak or revoke.
-pub(crate) fn storage_token(
-    state: &AppState,
-    ctx: &RequestContext,
-    headers: &HeaderMap,
-) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or("");
-    let (token_type, token) = presented.split_once(' ').unwrap_or(("Key", presented));
-    let expires_at = runmesh_proto::time::format_timestamp_ms(
-        state.joblog.now_ms().saturating_add(STORAGE_TOKEN_TTL_MS),
-    );
+/// `POST <base_url>/files/upload`. The answer is a short-lived token signed by the cluster key, good
+/// on any node and for uploads only, in the caller's name (revoking the key ends it): never the
+/// caller's own key secret, which would then travel to whatever `base_url` says.
+pub(crate) fn storage_token(state: &AppState, ctx: &RequestContext, caller: &Caller) -> Response {
+    let Some(key) = state.cluster_key() else {
+        return ApiError::Unavailable("The cluster key is not initialized yet".into())
+            .into_response();
+    };
+    let now_ms = state.joblog.now_ms();
+    let exp_ms = now_ms.saturating_add(STORAGE_TOKEN_TTL_MS);
+    let claims = TokenClaims {
+        sub: caller.owner().unwrap_or_else(|| ANONYMOUS.to_string()),
+        apps: Vec::new(),
+        iat: now_ms / 1000,
+        exp: exp_ms / 1000,
+        audience: TokenAudience::Upload,
+    };
+    let expires_at = runmesh_proto::time::format_timestamp_ms(exp_ms);
     json_response(
         StatusCode::OK,
         &json!({
-            "token": token.trim(),
-            "token_type": token_type,
+            "token": key.issue_token(&claims),
+            "token_type": "Bearer",
             "base_url": base_root(ctx),
             "expires_at": format!("{expires_at}+00:00"),
         }),

@@ -346,7 +346,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             files::get(&state, &hash, file_name.as_deref(), req).await
         }
         Route::Upload => files::upload(&state, &ctx, req).await,
-        Route::StorageToken => files::storage_token(&state, &ctx, req.headers()),
+        Route::StorageToken => files::storage_token(&state, &ctx, &caller),
         Route::UploadInitiate => files::upload_initiate(&state, &ctx, req).await,
         Route::UploadPut { token, file_name } => {
             files::upload_put(&state, &ctx, &token, file_name.as_deref(), req).await

@@ -273,6 +273,112 @@ async fn keys_scopes_and_fal_auth_errors() {
     assert_eq!(r.status, 401, "Bearer token of a revoked key: {}", r.text());
 }
 
+/// POSTs `body` to `path` with `Authorization: <authorization>`.
+async fn upload_as(api: &Api, authorization: &str, path: &str, body: &[u8]) -> Resp {
+    api.send(
+        Method::POST,
+        path,
+        &[
+            ("Authorization", authorization),
+            ("content-type", "text/plain"),
+        ],
+        Some(body.to_vec()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_tokens_are_upload_tokens_not_the_callers_key() {
+    let node = node_with(&["--require-auth"]);
+    let api = node.api();
+    let admin = admin_key(&node);
+    let user = create_key(&api, &admin, "DEFAULT").await;
+    let (user_id, user_secret) = user.split_once(':').expect("key_id:secret");
+
+    let r = as_key(
+        &api,
+        &user,
+        Method::POST,
+        "/storage/auth/token?storage_type=fal-cdn-v3",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let token = v["token"].as_str().expect("token").to_string();
+    assert_eq!(v["token_type"], "Bearer", "{v}");
+    assert!(
+        !token.contains(user_secret) && !token.contains(user_id),
+        "the key's secret is handed out: {v}"
+    );
+    assert!(v["base_url"]
+        .as_str()
+        .is_some_and(|b| b.starts_with("http")));
+    let bearer = format!("Bearer {token}");
+
+    // What the Python client does with it: `<token_type> <token>` on `<base_url>/files/upload`.
+    let r = upload_as(&api, &bearer, "/files/upload", b"hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        api.get(&url[url.find("/files/").expect("path")..])
+            .await
+            .body,
+        b"hello"
+    );
+
+    // Uploads only: no queue, no run, no key management.
+    let r = api
+        .submit_raw(
+            "runmesh/echo",
+            &json!({}),
+            &[("Authorization", bearer.as_str())],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        401,
+        "an upload token submitted a job: {}",
+        r.text()
+    );
+    let r = api
+        .post_json(
+            "/runmesh/echo",
+            &json!({}),
+            &[("Authorization", bearer.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, 403, "an upload token ran an app: {}", r.text());
+    let r = with_token(&api, &token, "/runmesh/echo", &json!({})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // And a realtime token uploads nothing.
+    let r = as_key(
+        &api,
+        &user,
+        Method::POST,
+        "/tokens/",
+        Some(json!({"allowed_apps": ["echo"]})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let realtime = format!("Bearer {}", r.json().as_str().expect("token"));
+    let r = upload_as(&api, &realtime, "/files/upload", b"x").await;
+    assert_eq!(r.status, 403, "a realtime token uploaded: {}", r.text());
+
+    // The token speaks for the key: revoking the key ends it.
+    let r = as_key(
+        &api,
+        &admin,
+        Method::DELETE,
+        &format!("/admin/keys/{user_id}"),
+        None,
+    )
+    .await;
+    assert!((200..300).contains(&r.status), "revoke: {}", r.text());
+    let r = upload_as(&api, &bearer, "/files/upload", b"late").await;
+    assert_eq!(r.status, 401, "upload token of a revoked key: {}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_is_anonymous_but_admin_needs_the_admin_key() {
     let node = node_with(&[]);
