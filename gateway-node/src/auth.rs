@@ -435,7 +435,9 @@ pub fn need_of(route: &Route) -> Need {
         }
         // The JS client PUTs without credentials; the URL's token is this node's MAC instead.
         Route::UploadPut { .. } => Need::Public,
-        Route::DeleteIo { .. }
+        // The view names every node's addresses: an operator's, not a caller's.
+        Route::AdminCluster
+        | Route::DeleteIo { .. }
         | Route::AdminKeys
         | Route::AdminKeyRevoke { .. }
         | Route::AdminWebhooksFailed

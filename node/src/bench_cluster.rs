@@ -201,9 +201,6 @@ impl MeshCluster {
         slots: usize,
         extra: &[String],
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
         let mut nodes: Vec<MeshNode> = Vec::new();
         let mut first_p2p = None;
         for i in 0..3 {
@@ -254,6 +251,21 @@ impl MeshCluster {
             first_p2p.get_or_insert(p2p);
             nodes.push(node);
         }
+        // The cluster view needs the ADMIN key, which the founding node wrote.
+        let admin_path = nodes[0].dir.join("admin.key");
+        let admin = std::fs::read_to_string(&admin_path)
+            .with_context(|| format!("reading {}", admin_path.display()))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Key {}", admin.trim())
+                .parse()
+                .context("admin key as a header")?,
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .default_headers(headers)
+            .build()?;
         let c = Self { nodes, http };
         c.wait_voters(MEMBERSHIP_TIMEOUT).await?;
         eprintln!(

@@ -38,7 +38,7 @@ pub enum Command {
     /// Create a node's identity key (<DIR>/node.key) and a config file (<DIR>/runmesh.toml) holding
     /// the given flags, for `runmesh run --config <DIR>/runmesh.toml`.
     Init(InitArgs),
-    /// Print a node's view of the cluster (GET /admin/cluster) as a table.
+    /// Print a node's view of the cluster (GET /admin/cluster, with the ADMIN key) as a table.
     Status(StatusArgs),
     /// Manage API keys (`Authorization: Key <id>:<secret>`) with the admin key.
     Keys(runmesh_node::keys_cli::KeysArgs),
@@ -57,9 +57,13 @@ pub struct StatusArgs {
     /// Print the raw JSON instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// API key (`key_id:secret`) for nodes that require one.
+    /// An ADMIN key (`key_id:secret`) [default: the one in <DATA_DIR>/admin.key].
     #[arg(long, value_name = "KEY", env = "FAL_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// Data dir of a node of the cluster whose `admin.key` to use when no --key is given (the
+    /// founding node writes it) [default: ./runmesh-data].
+    #[arg(long, value_name = "DIR", env = "RUNMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod bench_node;
 mod cli;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -425,8 +426,24 @@ async fn status_command(args: cli::StatusArgs) -> anyhow::Result<()> {
         .build()
         .context("building the HTTP client")?;
     let mut req = client.get(&url);
-    if let Some(key) = &args.key {
-        req = req.header("authorization", format!("Key {key}"));
+    let key = match &args.key {
+        Some(k) => Some(k.trim().to_string()),
+        None => {
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(runmesh_node::config::DEFAULT_DATA_DIR));
+            std::fs::read_to_string(dir.join("admin.key"))
+                .ok()
+                .map(|k| k.trim().to_string())
+        }
+    };
+    match &key {
+        Some(key) => req = req.header("authorization", format!("Key {key}")),
+        None => bail!(
+            "the cluster view needs the ADMIN key: give --key (or FAL_KEY), or --data-dir of \
+             the node that founded the cluster (its admin.key)"
+        ),
     }
     let resp = req.send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();

@@ -220,6 +220,15 @@ impl Node {
         self.spawn_with_retries(Some(port));
     }
 
+    /// The ADMIN key the node wrote when it founded its cluster (`<data-dir>/admin.key`).
+    pub fn admin_key(&self) -> String {
+        let path = self.data_dir().join("admin.key");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     /// The flags the next (re)start passes after the harness's own.
     pub fn set_extra_args(&mut self, args: &[&str]) {
         self.opts.extra_args = args.iter().map(|a| a.to_string()).collect();
@@ -1140,6 +1149,8 @@ pub struct Cluster {
     /// `--p2p` port of each node (its Raft listener is the port above).
     pub p2p_ports: Vec<u16>,
     pub secret: String,
+    /// The ADMIN key node 0 wrote when it founded the cluster (replicated: every node takes it).
+    pub admin_key: String,
 }
 
 impl Cluster {
@@ -1154,6 +1165,7 @@ impl Cluster {
             nodes: Vec::new(),
             p2p_ports: Vec::new(),
             secret: TEST_CLUSTER_SECRET.to_string(),
+            admin_key: String::new(),
         };
         for i in 0..n {
             c.add_node(opts_of(i));
@@ -1169,6 +1181,9 @@ impl Cluster {
             .map(|i| self.p2p_ports[i]);
         let port = free_mesh_port();
         let node = Node::start(mesh_opts(opts, port, bootstrap, &self.secret));
+        if self.nodes.is_empty() {
+            self.admin_key = node.admin_key();
+        }
         self.nodes.push(node);
         self.p2p_ports.push(port);
         self.nodes.len() - 1
@@ -1188,8 +1203,14 @@ impl Cluster {
     /// Node i's `GET /admin/cluster`, when it answers 200.
     pub async fn view(&self, i: usize) -> Option<Value> {
         let api = self.api(i);
+        let auth = format!("Key {}", self.admin_key);
         let r = api
-            .try_send(Method::GET, "/admin/cluster", &[], None)
+            .try_send(
+                Method::GET,
+                "/admin/cluster",
+                &[("Authorization", auth.as_str())],
+                None,
+            )
             .await
             .ok()?;
         (r.status == 200).then(|| r.json())

@@ -365,6 +365,38 @@ async fn storage_tokens_are_upload_tokens_not_the_callers_key() {
     let r = upload_as(&api, &realtime, "/files/upload", b"x").await;
     assert_eq!(r.status, 403, "a realtime token uploaded: {}", r.text());
 
+    // The cluster view names every node's addresses: ADMIN only, also for `runmesh status`.
+    let r = as_key(&api, &user, Method::GET, "/admin/cluster", None).await;
+    assert_eq!(
+        r.status,
+        403,
+        "a DEFAULT key read the cluster view: {}",
+        r.text()
+    );
+    r.assert_fal_json("cluster view as DEFAULT");
+    let r = as_key(&api, &admin, Method::GET, "/admin/cluster", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = |args: &[&str]| {
+        std::process::Command::new(runmesh_bin())
+            .args(["status", "--http", &node.addr().to_string()])
+            .args(args)
+            .env_remove("FAL_KEY")
+            .env_remove("RUNMESH_DATA_DIR")
+            .output()
+            .expect("runmesh status")
+    };
+    let out = status(&["--key", &user]);
+    assert!(!out.status.success(), "runmesh status with a DEFAULT key");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    let data_dir = node.data_dir().display().to_string();
+    let out = status(&["--data-dir", &data_dir]);
+    assert!(
+        out.status.success(),
+        "runmesh status with the founding node's data dir: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ROLE"));
+
     // The token speaks for the key: revoking the key ends it.
     let r = as_key(
         &api,

@@ -13,7 +13,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use runmesh_tests::{free_port, Api, Node, NodeOpts};
+use runmesh_tests::{free_port, Api, Node, NodeOpts, Resp};
 use serde_json::{json, Value};
 
 const SECRET: &str = "dispatch-placement-secret";
@@ -56,8 +56,20 @@ fn start_member(p2p: u16, bootstrap: Option<u16>, slots: u32, extra: &[&str]) ->
     })
 }
 
-async fn cluster(api: &Api) -> Value {
-    let r = api.get("/admin/cluster").await;
+/// `GET /admin/cluster` as the ADMIN key `admin`.
+async fn admin_cluster(api: &Api, admin: &str) -> Resp {
+    let auth = format!("Key {admin}");
+    api.send(
+        Method::GET,
+        "/admin/cluster",
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .await
+}
+
+async fn cluster(api: &Api, admin: &str) -> Value {
+    let r = admin_cluster(api, admin).await;
     assert_eq!(r.status, 200, "/admin/cluster: {}", r.text());
     r.json()
 }
@@ -65,6 +77,7 @@ async fn cluster(api: &Api) -> Value {
 /// Polls a node's cluster view until `pred` holds (bounded).
 async fn wait_view(
     api: &Api,
+    admin: &str,
     timeout: Duration,
     what: &str,
     pred: impl Fn(&Value) -> bool,
@@ -72,7 +85,7 @@ async fn wait_view(
     let deadline = Instant::now() + timeout;
     let mut last = Value::Null;
     for _ in 0..10_000 {
-        let r = api.get("/admin/cluster").await;
+        let r = admin_cluster(api, admin).await;
         if r.status == 200 {
             last = r.json();
             if pred(&last) {
@@ -162,14 +175,19 @@ async fn jobs_land_where_the_scheduler_says_and_survive_a_dead_worker() {
     );
     let c = start_member(pc, Some(pa), 1, &["--gpus", "A10:24"]);
     let (api_a, api_b, api_c) = (a.api(), b.api(), c.api());
+    let admin = a.admin_key();
 
     // Every node reaches the same view: three voters, all up, each with its advert.
     let mut views = Vec::new();
     for (api, name) in [(&api_a, "A"), (&api_b, "B"), (&api_c, "C")] {
         views.push(
-            wait_view(api, FORM_WAIT, &format!("{name} sees 3 voters up"), |v| {
-                all_up_voters(v, 3)
-            })
+            wait_view(
+                api,
+                &admin,
+                FORM_WAIT,
+                &format!("{name} sees 3 voters up"),
+                |v| all_up_voters(v, 3),
+            )
             .await,
         );
     }
@@ -281,7 +299,7 @@ async fn jobs_land_where_the_scheduler_says_and_survive_a_dead_worker() {
     assert_eq!(running_on.header("x-runmesh-worker"), Some(id_b.as_str()));
     b.kill9();
     // Silent for a few adverts: suspect first (down comes later).
-    wait_view(&api_a, WAIT, "B suspect", |v| {
+    wait_view(&api_a, &admin, WAIT, "B suspect", |v| {
         member(v, &id_b)["state"] == "suspect"
     })
     .await;
@@ -302,8 +320,11 @@ async fn jobs_land_where_the_scheduler_says_and_survive_a_dead_worker() {
 
     // The dead node goes suspect, then down, in the others' views.
     for api in [&api_a, &api_c] {
-        wait_view(api, WAIT, "B down", |v| member(v, &id_b)["state"] == "down").await;
-        let v = cluster(api).await;
+        wait_view(api, &admin, WAIT, "B down", |v| {
+            member(v, &id_b)["state"] == "down"
+        })
+        .await;
+        let v = cluster(api, &admin).await;
         assert_eq!(member(&v, &id_a)["state"], "up");
         assert_eq!(member(&v, &id_c)["state"], "up");
     }
