@@ -18,7 +18,7 @@ use runmesh_proto::{AppId, Clock, NodeId};
 use runmesh_raft::{JobLog, JobTable};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::view::{ClusterView, Observed, Transition, ViewConfig};
 use crate::apps::AppRegistry;
@@ -342,6 +342,12 @@ impl Mesh {
             Observed::Stale => {}
             Observed::NotSelf => debug!(node, "ignored an advert naming this node"),
             Observed::Full => debug!(node, "cluster view full; advert ignored"),
+            Observed::FromTheFuture => {
+                warn!(
+                    node,
+                    "advert with an incarnation far ahead of this node's clock ignored"
+                )
+            }
         }
         observed
     }
@@ -640,7 +646,20 @@ pub async fn start_mesh(
                 quic: true,
             };
             tasks.push(
-                super::gossip::start(cfg, keypair, mesh.clone(), rx, shutdown.clone()).await?,
+                super::gossip::start(
+                    cfg,
+                    keypair,
+                    mesh.clone(),
+                    {
+                        let joblog = joblog.clone();
+                        std::sync::Arc::new(move |id, key: &[u8; 32]| {
+                            super::gossip::admitted_in(&joblog.members(), id, key)
+                        })
+                    },
+                    rx,
+                    shutdown.clone(),
+                )
+                .await?,
             );
             Some(tx)
         }

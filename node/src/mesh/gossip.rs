@@ -6,8 +6,10 @@
 //!
 //! This layer only carries bytes: adverts it receives go to [`Mesh::observe`], which owns every
 //! decision (freshness, liveness); adverts it publishes come from the advertiser loop. Gossip
-//! messages are signed by the sender's libp2p key, and an advert is accepted only from the peer it
-//! names, so a node cannot speak for another.
+//! messages are signed by the sender's libp2p key, and an advert is accepted only when that key is
+//! the identity the replicated membership pinned for the member the advert names (its Raft id
+//! derives from the same key): a peer that never completed the cluster handshake, or a member
+//! speaking for another, changes nothing.
 //!
 //! Kademlia and identify run under runmesh's own protocol names, so a runmesh node never joins
 //! (or answers) a public libp2p DHT.
@@ -29,8 +31,45 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use runmesh_proto::mesh::{to_hex, MemberInfo};
+use runmesh_proto::NodeId;
+
 use super::capacity::Mesh;
 use super::view::Observed;
+
+/// Whether `id` is an admitted member whose pinned identity is the ed25519 key `public`. The node
+/// answers from its replica of the Raft membership ([`admitted_in`]).
+pub type Admitted = std::sync::Arc<dyn Fn(NodeId, &[u8; 32]) -> bool + Send + Sync>;
+
+/// [`Admitted`] over a membership: `id` must be a member, its id must derive from `public`, and
+/// its record (when it has one: a single node's founding entry may be bare) must pin `public`.
+pub fn admitted_in(
+    members: &[runmesh_raft::joblog::Member],
+    id: NodeId,
+    public: &[u8; 32],
+) -> bool {
+    if crate::identity::node_id_from_public_key(public) != id {
+        return false;
+    }
+    members.iter().any(|m| {
+        m.id == id
+            && match MemberInfo::from_addr_string(&m.addr) {
+                Some(info) => info.pubkey == to_hex(public),
+                None => m.addr.is_empty(),
+            }
+    })
+}
+
+/// The ed25519 key a peer id was made from (runmesh peer ids embed their key).
+pub fn ed25519_key_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // 0x00: the identity multihash, which holds the protobuf-encoded public key itself.
+    if hash.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
 
 /// Gossipsub topic of capacity adverts (the suffix is the advert format generation).
 pub const CAPACITY_TOPIC: &str = "runmesh/capacity/1";
@@ -194,6 +233,7 @@ pub async fn start(
     cfg: GossipConfig,
     keypair: Keypair,
     mesh: Mesh,
+    admitted: Admitted,
     adverts: mpsc::Receiver<CapacityAdvert>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, GossipError> {
@@ -218,6 +258,7 @@ pub async fn start(
         swarm,
         topic,
         mesh,
+        admitted,
         bootstrap,
         listen_addrs: Vec::new(),
         dialled: HashSet::new(),
@@ -229,6 +270,7 @@ struct GossipTask {
     swarm: Swarm<Behaviour>,
     topic: IdentTopic,
     mesh: Mesh,
+    admitted: Admitted,
     bootstrap: Vec<Multiaddr>,
     listen_addrs: Vec<Multiaddr>,
     dialled: HashSet<PeerId>,
@@ -407,6 +449,16 @@ impl GossipTask {
             warn!(source = ?message.source, claimed = %advert.peer_id, "advert signed by another peer dropped");
             return;
         }
+        let admitted = message
+            .source
+            .as_ref()
+            .and_then(ed25519_key_of)
+            .is_some_and(|key| (self.admitted)(advert.raft_node_id, &key));
+        if !admitted {
+            // Also what a joining node's first adverts meet until its admission is applied here.
+            debug!(source = ?message.source, member = advert.raft_node_id, "advert from a key not admitted as that member dropped");
+            return;
+        }
         if self.mesh.observe(advert) == Observed::New {
             debug!(source = ?message.source, "first advert of a new member");
         }
@@ -426,6 +478,68 @@ mod tests {
         let b = listen_multiaddrs("[::1]:7000".parse().unwrap(), false);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].to_string(), "/ip6/::1/tcp/7000");
+    }
+
+    #[test]
+    fn only_the_pinned_key_speaks_for_a_member() {
+        use crate::identity::NodeIdentity;
+        use runmesh_raft::joblog::Member;
+        let a = NodeIdentity::generate().unwrap();
+        let b = NodeIdentity::generate().unwrap();
+        let peer_a = a.libp2p_keypair().unwrap().public().to_peer_id();
+        assert_eq!(ed25519_key_of(&peer_a), Some(a.public_key_bytes()));
+        let record = |id: &NodeIdentity| MemberInfo {
+            pubkey: id.public_key_hex(),
+            raft: "127.0.0.1:1".into(),
+            http: String::new(),
+            p2p: None,
+            region: None,
+        };
+        let members = vec![Member {
+            id: a.raft_node_id(),
+            addr: record(&a).to_addr_string(),
+            voter: true,
+        }];
+        assert!(admitted_in(
+            &members,
+            a.raft_node_id(),
+            &a.public_key_bytes()
+        ));
+        // Another key naming member A, or not naming itself, or not admitted at all.
+        assert!(!admitted_in(
+            &members,
+            a.raft_node_id(),
+            &b.public_key_bytes()
+        ));
+        assert!(!admitted_in(
+            &members,
+            b.raft_node_id(),
+            &b.public_key_bytes()
+        ));
+        // A record that pins another key than the one the id derives from.
+        let swapped = vec![Member {
+            id: a.raft_node_id(),
+            addr: record(&b).to_addr_string(),
+            voter: true,
+        }];
+        assert!(!admitted_in(
+            &swapped,
+            a.raft_node_id(),
+            &a.public_key_bytes()
+        ));
+        assert!(!admitted_in(
+            &swapped,
+            a.raft_node_id(),
+            &b.public_key_bytes()
+        ));
+        // A single node's bare founding entry: the id still has to derive from the key.
+        let bare = vec![Member {
+            id: a.raft_node_id(),
+            addr: String::new(),
+            voter: true,
+        }];
+        assert!(admitted_in(&bare, a.raft_node_id(), &a.public_key_bytes()));
+        assert!(!admitted_in(&bare, a.raft_node_id(), &b.public_key_bytes()));
     }
 
     #[tokio::test]

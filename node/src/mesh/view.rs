@@ -50,7 +50,14 @@ pub enum Observed {
     NotSelf,
     /// The view is full of live members: ignored.
     Full,
+    /// An incarnation (a process start time) later than the observer's clock allows: ignored, or
+    /// one such advert would outrank every real one of that member until the clock caught up.
+    FromTheFuture,
 }
+
+/// How far a member's incarnation (its start time, on its clock) may be ahead of the observer's
+/// clock: generous clock skew, not more.
+pub const INCARNATION_AHEAD_MAX_MS: u64 = 10 * 60 * 1000;
 
 /// A liveness change [`ClusterView::tick`] or [`ClusterView::observe`] made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +126,9 @@ impl ClusterView {
         let id = advert.raft_node_id;
         if id == self.self_id {
             return (Observed::NotSelf, None);
+        }
+        if advert.incarnation > now_ms.saturating_add(INCARNATION_AHEAD_MAX_MS) {
+            return (Observed::FromTheFuture, None);
         }
         if let Some(m) = self.members.get_mut(&id) {
             if advert.version() <= m.advert.version() {
@@ -384,6 +394,25 @@ mod tests {
         assert_eq!(v.observe(advert(4, 1), 10_000).0, Observed::New);
         assert_eq!(v.liveness(2), None);
         assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn an_incarnation_from_the_future_is_ignored() {
+        let mut v = ClusterView::new(1, cfg());
+        let now = 1_000_000_000;
+        let mut a = advert(2, 1);
+        a.incarnation = now - 5;
+        assert_eq!(v.observe(a.clone(), now).0, Observed::New);
+        // A forged or broken advert cannot outrank the member's real ones for ever.
+        let mut forged = advert(2, 1);
+        forged.incarnation = u64::MAX;
+        forged.slots = 0;
+        assert_eq!(v.observe(forged, now).0, Observed::FromTheFuture);
+        assert_eq!(v.advert(2).unwrap().slots, 2);
+        // Skew within the bound is fine.
+        let mut skewed = advert(2, 1);
+        skewed.incarnation = now + INCARNATION_AHEAD_MAX_MS;
+        assert_eq!(v.observe(skewed, now).0, Observed::Updated);
     }
 
     #[test]
