@@ -1,6 +1,10 @@
 //! The data dir is private to the node's user: it holds the node key, the Raft log with the
 //! cluster signing secret (webhook signatures, tokens) and callers' files. The dir and every dir
 //! in it are 0700, every file 0600, whoever created them and whenever.
+//!
+//! It also says, outside the log, that it held a cluster member ([`MemberMark`]): a node whose
+//! key or log went missing must not start over as a new identity or a new cluster, which would
+//! silently forget every job it acknowledged.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +72,164 @@ fn narrow(root: &Path) -> Result<usize, (PathBuf, std::io::Error)> {
 #[cfg(not(unix))]
 fn narrow(_root: &Path) -> Result<usize, (PathBuf, std::io::Error)> {
     Ok(0)
+}
+
+/// `<data-dir>/member.json`: which member this data dir holds. Written once the node's job log is
+/// healthy (so also into data dirs of older versions on their first start), read before the key
+/// and the log are opened.
+pub const MEMBER_FILE: &str = "member.json";
+/// The sled database of the Raft log and the job table.
+pub const RAFT_DIR: &str = "raft";
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberMark {
+    /// The Raft id of the member.
+    pub node_id: u64,
+    /// Its ed25519 public key (hex): the one `node.key` must hold.
+    pub public_key: String,
+}
+
+/// Why a data dir cannot start as it is; each says what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum HeldMemberError {
+    #[error(
+        "{key} is missing, but this data dir held cluster member {node_id} (see {evidence}). A \
+         new key would be a new node, and the member's jobs would wait for it for ever. Restore \
+         node.key from a backup; or, to replace the member, remove it from the cluster, empty the \
+         data dir and join as a new node with --bootstrap"
+    )]
+    KeyMissing {
+        key: PathBuf,
+        node_id: String,
+        evidence: String,
+    },
+    #[error(
+        "{key} holds another key ({found}) than member {node_id} of this data dir had \
+         ({expected}, {marker}). Put the member's own node.key back"
+    )]
+    KeyReplaced {
+        key: PathBuf,
+        node_id: u64,
+        expected: String,
+        found: String,
+        marker: PathBuf,
+    },
+    #[error("{0}")]
+    Io(#[from] DataDirError),
+}
+
+fn io_err(path: &Path, e: impl ToString) -> DataDirError {
+    DataDirError {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+/// The marker, when the data dir has one.
+pub fn read_mark(data_dir: &Path) -> Result<Option<MemberMark>, DataDirError> {
+    let path = data_dir.join(MEMBER_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(&path, format!("not a member marker: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path, e)),
+    }
+}
+
+/// Writes the marker atomically and durably (a crash leaves the old file or the new one).
+pub fn write_mark(data_dir: &Path, mark: &MemberMark) -> Result<(), DataDirError> {
+    use std::io::Write as _;
+    let path = data_dir.join(MEMBER_FILE);
+    let tmp = data_dir.join(format!("{MEMBER_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(mark).map_err(|e| io_err(&path, e))?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(&text).map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    // The rename is durable once the directory is.
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Before the key is loaded: a data dir that held a member (its marker, or Raft state written by
+/// a version before markers) never gets a fresh identity in place of a missing `node.key`.
+pub fn check_key_present(data_dir: &Path, key: &Path) -> Result<(), HeldMemberError> {
+    if key.exists() {
+        return Ok(());
+    }
+    if let Some(mark) = read_mark(data_dir)? {
+        return Err(HeldMemberError::KeyMissing {
+            key: key.to_path_buf(),
+            node_id: mark.node_id.to_string(),
+            evidence: data_dir.join(MEMBER_FILE).display().to_string(),
+        });
+    }
+    let raft = data_dir.join(RAFT_DIR);
+    let has_state = std::fs::read_dir(&raft).is_ok_and(|mut d| d.next().is_some());
+    if has_state {
+        return Err(HeldMemberError::KeyMissing {
+            key: key.to_path_buf(),
+            node_id: "(unknown)".into(),
+            evidence: raft.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// After the key is loaded: it is the marker's member's key.
+pub fn check_key_matches(
+    data_dir: &Path,
+    key: &Path,
+    mark: &MemberMark,
+    public_key_hex: &str,
+) -> Result<(), HeldMemberError> {
+    if mark.public_key == public_key_hex {
+        return Ok(());
+    }
+    Err(HeldMemberError::KeyReplaced {
+        key: key.to_path_buf(),
+        node_id: mark.node_id,
+        expected: mark.public_key.clone(),
+        found: public_key_hex.to_string(),
+        marker: data_dir.join(MEMBER_FILE),
+    })
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_data_dir_needs_its_own_key() {
+        let tmp = tempfile::tempdir().expect("test io");
+        let dir = tmp.path();
+        let key = dir.join("node.key");
+        // Fresh: nothing held, a key may be made.
+        assert!(check_key_present(dir, &key).is_ok());
+        assert_eq!(read_mark(dir).expect("read"), None);
+        // Raft state of a version before markers counts as a member.
+        std::fs::create_dir_all(dir.join(RAFT_DIR).join("db")).expect("test io");
+        let e = check_key_present(dir, &key).unwrap_err();
+        assert!(matches!(e, HeldMemberError::KeyMissing { .. }), "{e}");
+        let mark = MemberMark {
+            node_id: 42,
+            public_key: "ab".repeat(32),
+        };
+        write_mark(dir, &mark).expect("write");
+        assert_eq!(read_mark(dir).expect("read"), Some(mark.clone()));
+        let e = check_key_present(dir, &key).unwrap_err();
+        assert!(e.to_string().contains("member 42"), "{e}");
+        std::fs::write(&key, [0u8; 32]).expect("test io");
+        assert!(check_key_present(dir, &key).is_ok());
+        assert!(check_key_matches(dir, &key, &mark, &"ab".repeat(32)).is_ok());
+        let e = check_key_matches(dir, &key, &mark, &"cd".repeat(32)).unwrap_err();
+        assert!(matches!(e, HeldMemberError::KeyReplaced { .. }), "{e}");
+        std::fs::write(dir.join(MEMBER_FILE), b"garbage").expect("test io");
+        assert!(read_mark(dir).is_err());
+    }
 }
 
 #[cfg(all(test, unix))]

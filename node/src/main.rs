@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use runmesh_gateway_node::{AppCatalog, GatewayConfig, PartialHub};
 use runmesh_node::config::{ConfigFile, LogFormat, NodeConfig};
+use runmesh_node::datadir;
 use runmesh_node::worker::{run_result_expiry, run_ticker, Worker};
 use runmesh_proto::{Clock, SystemClock};
 use tokio::sync::watch;
@@ -173,20 +174,50 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    // One key names the node everywhere (Raft id, QUIC certificate, libp2p peer id).
+    // One key names the node everywhere (Raft id, QUIC certificate, libp2p peer id); a data dir
+    // that held a member keeps that member's key and log, or does not start.
+    let key_path = runmesh_node::identity::NodeIdentity::key_path(&cfg.data_dir);
+    datadir::check_key_present(&cfg.data_dir, &key_path)?;
     let (identity, created) = runmesh_node::identity::NodeIdentity::load_or_create(&cfg.data_dir)
         .context("loading the node key")?;
     if created {
-        info!(path = %runmesh_node::identity::NodeIdentity::key_path(&cfg.data_dir).display(), "created a node key");
+        info!(path = %key_path.display(), "created a node key");
+    }
+    let mark = datadir::read_mark(&cfg.data_dir)?;
+    if let Some(m) = &mark {
+        datadir::check_key_matches(&cfg.data_dir, &key_path, m, &identity.public_key_hex())?;
     }
     // Alone, or in the mesh when a Raft/p2p address is configured (joins through --bootstrap).
-    let (joblog, raft_mesh) =
-        runmesh_node::mesh::raft_mesh::open_job_log(&cfg, &identity, clock.clone())
-            .await
-            .context("opening the job log")?;
+    let (joblog, raft_mesh) = match runmesh_node::mesh::raft_mesh::open_job_log(
+        &cfg,
+        &identity,
+        clock.clone(),
+        mark.is_some(),
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(runmesh_node::mesh::raft_mesh::RaftMeshError::JobLog(
+            e @ runmesh_raft::JobLogError::LostState(_),
+        )) => bail!(
+            "{e}. It will not found a new cluster in its place. If the cluster has other \
+             members, start this node with --bootstrap <member> to rejoin and fetch the log \
+             again; if it was the only node, restore the data dir from a backup"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("opening the job log")),
+    };
     if !joblog.wait_healthy(HEALTHY_TIMEOUT).await {
         joblog.shutdown().await;
         bail!("the job log did not become writable within {HEALTHY_TIMEOUT:?}");
+    }
+    if mark.is_none() {
+        datadir::write_mark(
+            &cfg.data_dir,
+            &datadir::MemberMark {
+                node_id: identity.raft_node_id(),
+                public_key: identity.public_key_hex(),
+            },
+        )?;
     }
     // The cluster secret (webhook signatures, realtime tokens) and the admin key (FAL-COMPAT).
     let starts_cluster = cfg.bootstrap.is_none();

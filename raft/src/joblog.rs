@@ -39,6 +39,10 @@ pub struct JobLogConfig {
     pub snapshot_every_entries: u64,
     /// Form a one-member cluster when the store holds no membership yet.
     pub bootstrap_single: bool,
+    /// The data dir held a cluster member before (the node's marker kept outside the log says so):
+    /// a store without membership then is lost state, and the log refuses to open instead of
+    /// founding a new cluster in its place ([`JobLogError::LostState`]).
+    pub held_member: bool,
     /// How long a write may wait for a leader to exist and take it (elections, forwarding retries)
     /// before the caller gets [`JobLogError::Unavailable`].
     pub write_timeout: Duration,
@@ -66,6 +70,7 @@ impl JobLogConfig {
             batches_in_flight_max: 4,
             snapshot_every_entries: 10_000,
             bootstrap_single: true,
+            held_member: false,
             write_timeout: Duration::from_secs(10),
             apply_wait: Duration::from_secs(5),
             heartbeat_ms: 100,
@@ -96,6 +101,9 @@ pub enum JobLogError {
     /// The log is shutting down or not ready to take writes.
     #[error("job log unavailable: {0}")]
     Unavailable(String),
+    /// The store lost what this node held (it was a member, now it has no membership).
+    #[error("the Raft log in {0} is empty, but this data dir held a cluster member: the log was lost or damaged")]
+    LostState(String),
 }
 
 /// Commands waiting to be batched; bounded so that a flood of clients meets backpressure.
@@ -188,6 +196,10 @@ impl JobLog {
             .is_initialized()
             .await
             .map_err(|e| JobLogError::Raft(e.to_string()))?;
+        if !initialized && cfg.bootstrap_single && cfg.held_member {
+            let _ = raft.shutdown().await;
+            return Err(JobLogError::LostState(cfg.data_dir.display().to_string()));
+        }
         if !initialized && cfg.bootstrap_single {
             let members = BTreeMap::from([(
                 cfg.node_id,

@@ -44,6 +44,8 @@ pub struct RaftMeshConfig {
     /// `election_timeout_max` (the leader's lease) plus its random election timeout of silence,
     /// checked every 1.5 heartbeats: that sum is what failover costs.
     pub timing: RaftTiming,
+    /// The data dir held a member: an empty log is lost state, not a cluster to found.
+    pub held_member: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,7 @@ impl RaftMesh {
         jl.node_id = me;
         jl.raft_addr = record.clone();
         jl.bootstrap_single = cfg.bootstrap.is_none();
+        jl.held_member = cfg.held_member;
         jl.heartbeat_ms = cfg.timing.heartbeat_ms;
         jl.election_timeout_ms = (
             cfg.timing.election_timeout_min_ms,
@@ -277,15 +280,18 @@ async fn run_controller(
 
 /// Opens the node's job log: alone (no Raft listener configured: `runmesh dev`, or `run` without
 /// `--p2p`/`--raft`) or in the mesh.
+/// `held_member`: the data dir's marker says it was a cluster member ([`crate::datadir`]).
 pub async fn open_job_log(
     cfg: &crate::config::NodeConfig,
     identity: &NodeIdentity,
     clock: Arc<dyn Clock>,
+    held_member: bool,
 ) -> Result<(JobLog, Option<RaftMesh>), RaftMeshError> {
     let raft_dir = cfg.data_dir.join("raft");
     let Some(raft_listen) = cfg.raft else {
         let mut jl = JobLogConfig::single_node(raft_dir);
         jl.node_id = identity.raft_node_id();
+        jl.held_member = held_member;
         let joblog = JobLog::open(jl, clock, Arc::new(runmesh_raft::transport::NoNetwork)).await?;
         return Ok((joblog, None));
     };
@@ -328,6 +334,7 @@ pub async fn open_job_log(
         },
         join_timeout: JOIN_TIMEOUT,
         timing: cfg.raft_timing,
+        held_member,
     };
     let (joblog, mesh) = RaftMesh::start(identity, mesh_cfg, clock).await?;
     Ok((joblog, Some(mesh)))

@@ -1,0 +1,108 @@
+//! A data dir that held a member keeps being that member or does not start (issue 23, part 1):
+//! without its `node.key`, with another key, or with its Raft log gone, a node refuses to start
+//! with a message that says what to do, instead of starting over as a new node or founding a new
+//! cluster that has forgotten every acknowledged job. Put back, the same data dir starts with all
+//! of its jobs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runmesh_tests::{runmesh_bin, Node, NodeOpts};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `runmesh dev` on `data_dir` and expects it to refuse: returns its stderr.
+fn refused_start(data_dir: &Path) -> String {
+    let mut child = Command::new(runmesh_bin())
+        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runmesh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(!status.success(), "started anyway: {stderr}");
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node started on a data dir it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node with `n` completed echo jobs; returns it (killed) and their ids.
+async fn node_with_jobs(n: usize) -> (Node, Vec<String>) {
+    let mut node = Node::start(NodeOpts::default());
+    let api = node.api();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let sub = api.submit("runmesh/echo", &json!({ "i": i })).await;
+        api.wait_completed("runmesh/echo", &sub.request_id, WAIT)
+            .await;
+        ids.push(sub.request_id);
+    }
+    node.kill9();
+    (node, ids)
+}
+
+async fn assert_jobs_kept(node: &Node, ids: &[String]) {
+    let api = node.api();
+    for id in ids {
+        let r = api.result("runmesh/echo", id).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_data_dir_without_its_own_key_refuses_to_start() {
+    let (mut node, ids) = node_with_jobs(3).await;
+    let dir = node.data_dir();
+    let key = dir.join("node.key");
+    let saved = std::fs::read(&key).expect("node.key");
+    assert!(dir.join("member.json").exists(), "no member marker written");
+
+    std::fs::remove_file(&key).expect("rm node.key");
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("node.key is missing"), "{stderr}");
+    assert!(stderr.contains("Restore node.key"), "{stderr}");
+    assert!(!key.exists(), "a new key was made");
+
+    std::fs::write(&key, [7u8; 32]).expect("write another key");
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("holds another key"), "{stderr}");
+
+    std::fs::write(&key, &saved).expect("restore node.key");
+    node.restart_same_dir();
+    assert_jobs_kept(&node, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_log_does_not_found_a_new_cluster() {
+    let (mut node, ids) = node_with_jobs(3).await;
+    let dir = node.data_dir();
+    let raft = dir.join("raft");
+    let backup = dir.with_extension("raft-backup");
+    std::fs::rename(&raft, &backup).expect("move the log away");
+
+    // Gone entirely, then emptied (a fresh, empty database in its place).
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("will not found a new cluster"), "{stderr}");
+    assert!(stderr.contains("--bootstrap"), "{stderr}");
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("Raft log"), "{stderr}");
+
+    let _ = std::fs::remove_dir_all(&raft);
+    std::fs::rename(&backup, &raft).expect("restore the log");
+    node.restart_same_dir();
+    assert_jobs_kept(&node, &ids).await;
+}
