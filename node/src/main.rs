@@ -204,6 +204,12 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
              members, start this node with --bootstrap <member> to rejoin and fetch the log \
              again; if it was the only node, restore the data dir from a backup"
         ),
+        Err(runmesh_node::mesh::raft_mesh::RaftMeshError::JobLog(
+            e @ runmesh_raft::JobLogError::Damaged { .. },
+        )) => bail!(
+            "{e}, and this node has no peer to get the entries back from. Restore the data dir \
+             from a backup; starting it as it is would lose acknowledged jobs"
+        ),
         Err(e) => return Err(anyhow::Error::new(e).context("opening the job log")),
     };
     if !joblog.wait_healthy(HEALTHY_TIMEOUT).await {

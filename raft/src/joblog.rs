@@ -14,6 +14,7 @@ use runmesh_proto::{
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::acknowledged::{Recorder, Verdict};
 use crate::election::EagerCampaign;
 use crate::jobs::JobTable;
 use crate::placement::{Placing, SubmitPlacer};
@@ -101,6 +102,16 @@ pub enum JobLogError {
     /// The log is shutting down or not ready to take writes.
     #[error("job log unavailable: {0}")]
     Unavailable(String),
+    /// The log is shorter than what this node acknowledged, and no peer can give it back.
+    #[error(
+        "the Raft log in {dir} holds entries up to {holds:?} but this node acknowledged up to \
+         {acknowledged}: it is damaged"
+    )]
+    Damaged {
+        dir: String,
+        holds: Option<u64>,
+        acknowledged: u64,
+    },
     /// The store lost what this node held (it was a member, now it has no membership).
     #[error("the Raft log in {0} is empty, but this data dir held a cluster member: the log was lost or damaged")]
     LostState(String),
@@ -141,6 +152,38 @@ struct Inner {
     stopped: AtomicBool,
     placing: Placing,
     eager: Option<EagerCampaign>,
+    /// The log lost entries this node acknowledged and has not got them back yet: it grants no
+    /// vote and reports itself unhealthy.
+    recovering: Arc<AtomicBool>,
+}
+
+/// Ends recovery once the log holds what this node acknowledged, or holds an entry of the current
+/// leader's term (a leader commits one at the start of its term, so by then the log has every
+/// entry committed before it).
+fn watch_recovery(raft: Raft, me: NodeId, recovering: Arc<AtomicBool>, acknowledged: u64) {
+    tokio::spawn(async move {
+        let mut metrics = raft.metrics();
+        loop {
+            let caught_up = {
+                let m = metrics.borrow();
+                let leader_elsewhere = m.current_leader.is_some_and(|l| l != me);
+                m.last_log_index.is_some_and(|i| i >= acknowledged)
+                    || (leader_elsewhere
+                        && m.last_applied
+                            .is_some_and(|a| a.leader_id.term == m.current_term))
+            };
+            if caught_up {
+                recovering.store(false, Ordering::Release);
+                tracing::info!(
+                    "the Raft log has every entry it acknowledged again: voting and serving"
+                );
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// What a batch needs to commit itself, locally or at the leader.
@@ -167,6 +210,27 @@ impl JobLog {
             .map_err(|e| JobLogError::Storage(format!("{}: {e}", cfg.data_dir.display())))?;
         let store = Store::open(&cfg.data_dir)
             .map_err(|e| JobLogError::Storage(format!("open {}: {e}", cfg.data_dir.display())))?;
+        // What the log holds against what this replica acknowledged (crate::acknowledged).
+        let (recorder, acked) = Recorder::open(&cfg.data_dir).map_err(JobLogError::Storage)?;
+        let acked = acked.unwrap_or_default();
+        let holds = store.last_log_index().map_err(JobLogError::Storage)?;
+        let verdict = acked.check(holds);
+        if let Verdict::Damaged {
+            holds,
+            acknowledged,
+        } = verdict
+        {
+            tracing::error!(
+                dir = %cfg.data_dir.display(),
+                holds = ?holds,
+                acknowledged,
+                "the Raft log lost entries this node acknowledged: it does not vote or serve \
+                 until it has them again from the leader"
+            );
+        }
+        store
+            .repair(acked.vote.as_ref())
+            .map_err(JobLogError::Storage)?;
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let sm =
             StateMachine::open(store.clone(), changes.clone()).map_err(JobLogError::Storage)?;
@@ -186,11 +250,12 @@ impl JobLog {
             cfg.node_id,
             Arc::new(raft_config),
             Network::new(transport.clone()),
-            LogStore::new(store.clone()),
+            LogStore::new(store.clone(), recorder.clone()),
             sm,
         )
         .await
         .map_err(|e| JobLogError::Raft(e.to_string()))?;
+        Recorder::spawn_writer(&recorder);
 
         let initialized = raft
             .is_initialized()
@@ -199,6 +264,30 @@ impl JobLog {
         if !initialized && cfg.bootstrap_single && cfg.held_member {
             let _ = raft.shutdown().await;
             return Err(JobLogError::LostState(cfg.data_dir.display().to_string()));
+        }
+        let recovering = Arc::new(AtomicBool::new(false));
+        if let Verdict::Damaged {
+            holds,
+            acknowledged,
+        } = verdict
+        {
+            let others = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id != cfg.node_id);
+            if !others && cfg.bootstrap_single {
+                let _ = raft.shutdown().await;
+                return Err(JobLogError::Damaged {
+                    dir: cfg.data_dir.display().to_string(),
+                    holds,
+                    acknowledged,
+                });
+            }
+            recovering.store(true, Ordering::Release);
+            watch_recovery(raft.clone(), cfg.node_id, recovering.clone(), acknowledged);
         }
         if !initialized && cfg.bootstrap_single {
             let members = BTreeMap::from([(
@@ -243,8 +332,14 @@ impl JobLog {
                 eager: cfg.eager_campaign.then(|| {
                     EagerCampaign::new(cfg.election_timeout_ms.1, cfg.election_timeout_ms.0)
                 }),
+                recovering,
             }),
         })
+    }
+
+    /// Whether the log is still getting back entries it acknowledged (see [`Self::is_healthy`]).
+    pub fn is_recovering(&self) -> bool {
+        self.inner.recovering.load(Ordering::Acquire)
     }
 
     fn sole_voter(state: &RwLock<MachineState>, me: NodeId) -> bool {
@@ -316,8 +411,10 @@ impl JobLog {
     }
 
     /// True when a leader is known and this node can take writes.
+    /// Writable (a leader is known), and holding every entry this node acknowledged.
     pub fn is_healthy(&self) -> bool {
         !self.inner.stopped.load(Ordering::Acquire)
+            && !self.is_recovering()
             && self.inner.raft.metrics().borrow().current_leader.is_some()
     }
 
@@ -326,7 +423,8 @@ impl JobLog {
         self.inner.raft.metrics().borrow().current_leader
     }
 
-    /// Waits until [`Self::is_healthy`] or the timeout.
+    /// Waits until the log can take writes (a leader is known; a recovering node forwards them) or
+    /// the timeout.
     pub async fn wait_healthy(&self, timeout: Duration) -> bool {
         let mut metrics = self.inner.raft.metrics();
         let wait = async {
@@ -339,7 +437,9 @@ impl JobLog {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.is_ok() && self.is_healthy()
+        tokio::time::timeout(timeout, wait).await.is_ok()
+            && !self.inner.stopped.load(Ordering::Acquire)
+            && self.inner.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// The openraft handle, for membership changes and metrics.
@@ -376,6 +476,18 @@ impl JobLog {
             r.map_err(|e| JobLogError::Raft(format!("encode rpc reply: {e}")))
         };
         match kind {
+            RpcKind::Vote if self.is_recovering() => {
+                // A vote now could elect a leader without the entries this node forgot.
+                let req: openraft::raft::VoteRequest<NodeId> =
+                    codec::decode(payload).map_err(decode_err)?;
+                let refused: Result<openraft::raft::VoteResponse<NodeId>, RaftError<NodeId>> =
+                    Ok(openraft::raft::VoteResponse {
+                        vote: req.vote,
+                        vote_granted: false,
+                        last_log_id: None,
+                    });
+                encode(codec::encode(&refused))
+            }
             RpcKind::AppendEntries | RpcKind::Vote | RpcKind::InstallSnapshot => {
                 let clock = &self.inner.clock;
                 serve_openraft_rpc(

@@ -5,6 +5,7 @@
 //! Network and time sit behind seams: Raft RPC goes through [`transport::RaftTransport`], command
 //! timestamps come from a [`runmesh_proto::Clock`].
 
+pub mod acknowledged;
 pub mod election;
 pub mod idempotency;
 pub mod joblog;

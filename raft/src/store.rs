@@ -20,6 +20,7 @@ use runmesh_proto::{codec, Command, CommandOutput, ProtoError, RequestId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::acknowledged::Recorder;
 use crate::state::ClusterState;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote};
 
@@ -34,6 +35,7 @@ pub struct Store {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    dir: std::path::PathBuf,
 }
 
 impl Store {
@@ -41,7 +43,52 @@ impl Store {
         let db = sled::Config::new().path(path).open()?;
         let logs = db.open_tree("raft_log")?;
         let meta = db.open_tree("raft_meta")?;
-        Ok(Self { db, logs, meta })
+        Ok(Self {
+            db,
+            logs,
+            meta,
+            dir: path.to_path_buf(),
+        })
+    }
+
+    /// The directory of the database (and of the [`crate::acknowledged`] record beside it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Index of the last entry the log holds (its purge point when it holds none).
+    pub fn last_log_index(&self) -> Result<Option<u64>, String> {
+        match self.logs.last().map_err(|e| e.to_string())? {
+            Some((_, bytes)) => Ok(Some(
+                codec::decode::<Entry>(&bytes)
+                    .map_err(|e| e.to_string())?
+                    .log_id
+                    .index,
+            )),
+            None => Ok(self
+                .get_meta::<Option<LogId>>(KEY_LAST_PURGED)?
+                .flatten()
+                .map(|l| l.index)),
+        }
+    }
+
+    /// Makes the store agree with what this replica acknowledged once its log lost entries: the
+    /// recorded vote when the stored one is older (never vote twice in a term), and a committed
+    /// index no further than the log now reaches (openraft re-applies up to it on start).
+    pub fn repair(&self, acked_vote: Option<&Vote>) -> Result<(), String> {
+        if let Some(v) = acked_vote {
+            let stored: Option<Vote> = self.get_meta(KEY_VOTE)?;
+            if stored.as_ref().is_none_or(|s| s < v) {
+                self.put_meta(KEY_VOTE, v)?;
+            }
+        }
+        let committed: Option<LogId> = self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten();
+        let last = self.last_log_index()?;
+        if committed.is_some_and(|c| last.is_none_or(|l| c.index > l)) {
+            self.put_meta(KEY_COMMITTED, &None::<LogId>)?;
+        }
+        self.db.flush().map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, String> {
@@ -74,11 +121,13 @@ fn io_write(e: impl ToString) -> StorageError {
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    acked: Arc<Recorder>,
 }
 
 impl LogStore {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// `acked` records what this log makes durable ([`crate::acknowledged`]).
+    pub fn new(store: Store, acked: Arc<Recorder>) -> Self {
+        Self { store, acked }
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -146,6 +195,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.acked
+            .voted(vote)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -180,13 +232,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(io_write)?;
             batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            last = Some(entry.log_id.index);
         }
         self.store.logs.apply_batch(batch).map_err(io_write)?;
         // One fsync per appended batch: this is the group commit that makes a write durable.
         let flushed = self.store.db.flush_async().await;
+        if let (Ok(_), Some(last)) = (&flushed, last) {
+            self.acked.appended(last);
+        }
         callback.log_io_completed(flushed.map(|_| ()).map_err(std::io::Error::other));
         Ok(())
     }
@@ -205,6 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.store.logs.apply_batch(batch).map_err(io_write)?;
         self.store.db.flush_async().await.map_err(io_write)?;
+        self.acked.truncated(log_id.index).map_err(io_write)?;
         Ok(())
     }
 

@@ -106,3 +106,109 @@ async fn a_lost_log_does_not_found_a_new_cluster() {
     node.restart_same_dir();
     assert_jobs_kept(&node, &ids).await;
 }
+
+/// One way a disk damages a file.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
+/// A copy of `src` (a stopped node's data dir) at `dst`.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_log_is_detected_and_never_served() {
+    let (node, ids) = node_with_jobs(40).await;
+    let dir = node.data_dir();
+    let db = dir.join("raft").join("db");
+    let len = std::fs::metadata(&db).expect("raft/db").len();
+    assert!(dir.join("raft").join("acknowledged.json").exists());
+    let damages: [(&str, Damage); 3] = [
+        (
+            "a flipped byte in the middle",
+            Box::new(|b: &mut Vec<u8>| {
+                let i = b.len() / 2;
+                b[i] ^= 0xff;
+            }),
+        ),
+        (
+            "4 KiB cut from the end",
+            Box::new(|b: &mut Vec<u8>| b.truncate(b.len().saturating_sub(4096))),
+        ),
+        ("an emptied file", Box::new(|b: &mut Vec<u8>| b.clear())),
+    ];
+    for (what, damage) in damages {
+        let copy = dir.with_extension(format!("damaged-{}", what.len()));
+        copy_dir(&dir, &copy);
+        let mut bytes = std::fs::read(copy.join("raft").join("db")).expect("read db");
+        assert_eq!(bytes.len() as u64, len);
+        damage(&mut bytes);
+        std::fs::write(copy.join("raft").join("db"), &bytes).expect("write db");
+        // Either it refuses to start, or it starts with every acknowledged job.
+        let mut child = Command::new(runmesh_bin())
+            .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(&copy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn runmesh");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(base) = line.strip_prefix("runmesh listening on ") {
+                    let _ = tx.send(base.trim().to_string());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let outcome = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Err(s);
+            }
+            if let Ok(base) = rx.try_recv() {
+                break Ok(base);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the node neither refused nor started within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        match outcome {
+            Err(s) => {
+                let out = child.wait_with_output().expect("output");
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(!s.success(), "{what}: exited 0: {stderr}");
+                assert!(
+                    stderr.contains("damaged") || stderr.contains("storage"),
+                    "{what}: refused without saying why: {stderr}"
+                );
+            }
+            Ok(base) => {
+                // Started: then with every job it acknowledged.
+                let api = runmesh_tests::Api::new(&base);
+                for id in &ids {
+                    let r = api.result("runmesh/echo", id).await;
+                    assert_eq!(r.status, 200, "{what}: started without {id}: {}", r.text());
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+}
