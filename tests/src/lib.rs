@@ -763,6 +763,29 @@ impl Api {
     }
 
     /// Waits for COMPLETED and returns the status body.
+    /// Polls `GET /admin/webhooks/failed` as the ADMIN key `admin` until it lists a delivery
+    /// (bounded: 200 tries, 50 ms apart); returns the last listing.
+    pub async fn wait_failed_webhooks(&self, admin: &str) -> Value {
+        let auth = format!("Key {admin}");
+        let mut listed = Value::Null;
+        for _ in 0..200 {
+            listed = self
+                .send(
+                    Method::GET,
+                    "/admin/webhooks/failed",
+                    &[("Authorization", auth.as_str())],
+                    None,
+                )
+                .await
+                .json();
+            if listed["failed"].as_array().is_some_and(|f| !f.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        listed
+    }
+
     pub async fn wait_completed(&self, app: &str, id: &str, timeout: Duration) -> Value {
         self.wait_status(app, id, false, timeout, "COMPLETED", |s| {
             s["status"] == "COMPLETED"

@@ -29,10 +29,7 @@ fn admin_key(node: &Node) -> String {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "admin.key must be private");
     }
-    std::fs::read_to_string(path)
-        .expect("read admin.key")
-        .trim()
-        .to_string()
+    node.admin_key()
 }
 
 async fn as_key(api: &Api, key: &str, method: Method, path: &str, body: Option<Value>) -> Resp {
@@ -569,16 +566,7 @@ async fn webhooks_retry_give_up_and_survive_a_crash() {
         )
         .await;
     let failed_id = parse_submitted(&r.json()).expect("shape").request_id;
-    let mut listed = Value::Null;
-    for _ in 0..200 {
-        listed = as_key(&api, &admin, Method::GET, "/admin/webhooks/failed", None)
-            .await
-            .json();
-        if listed["failed"].as_array().is_some_and(|f| !f.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = api.wait_failed_webhooks(&admin).await;
     let entry = &listed["failed"][0];
     assert_eq!(entry["request_id"], failed_id.as_str(), "{listed}");
     assert_eq!(entry["attempts"], 2, "{listed}");

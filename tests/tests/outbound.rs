@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Method;
 use runmesh_tests::{free_port, parse_submitted, Node, NodeOpts};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -109,10 +108,7 @@ async fn a_pending_webhook_is_never_sent_once_the_policy_refuses_it() {
     // Accepted while loopback was allowed; the first attempt fails (nothing listens yet).
     let mut node = node_with(&["--webhook-attempts", "50", "--webhook-backoff-ms", "1000"]);
     let api = node.api();
-    let admin = std::fs::read_to_string(node.data_dir().join("admin.key"))
-        .expect("admin.key")
-        .trim()
-        .to_string();
+    let admin = node.admin_key();
     let port = free_port();
     let r = api
         .post_json(
@@ -139,23 +135,7 @@ async fn a_pending_webhook_is_never_sent_once_the_policy_refuses_it() {
     ]);
     node.restart_same_dir();
     let api = node.api();
-    let auth = format!("Key {admin}");
-    let mut listed = Value::Null;
-    for _ in 0..200 {
-        listed = api
-            .send(
-                Method::GET,
-                "/admin/webhooks/failed",
-                &[("Authorization", auth.as_str())],
-                None,
-            )
-            .await
-            .json();
-        if listed["failed"].as_array().is_some_and(|f| !f.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = api.wait_failed_webhooks(&admin).await;
     let entry = &listed["failed"][0];
     assert_eq!(entry["request_id"], id.as_str(), "{listed}");
     assert!(
