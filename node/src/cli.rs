@@ -121,6 +121,10 @@ pub struct NodeArgs {
     /// Raft voters the cluster keeps; further nodes are learners (they hold the full log) [default: 3].
     #[arg(long, value_name = "N", env = "RUNMESH_VOTERS")]
     pub voters: Option<usize>,
+    /// How long a voter may stay unheard before a healthy learner takes its seat, in ms; at least
+    /// the longest election timeout [default: 10000].
+    #[arg(long, value_name = "MS", env = "RUNMESH_VOTER_DOWN_AFTER_MS")]
+    pub voter_down_after_ms: Option<u64>,
     /// Model weights dir (`runmesh models fetch` output) [default: <data-dir>/models]. Model apps
     /// whose weights are missing are not served; the log says why.
     #[arg(long, value_name = "DIR", env = "RUNMESH_MODELS_DIR")]
@@ -297,6 +301,7 @@ impl NodeArgs {
             bootstrap: self.bootstrap.clone(),
             cluster_secret: self.cluster_secret.clone().map(Secret),
             voters: self.voters,
+            voter_down_after_ms: self.voter_down_after_ms,
             models_dir: self.models_dir.clone(),
             gpus: self.gpus.clone(),
             runners: (!self.runners.is_empty()).then(|| self.runners.clone()),

@@ -25,6 +25,8 @@ pub const BODY_LIMIT_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Raft voters the leader promotes learners to (the rest stay learners).
 pub const DEFAULT_VOTERS: usize = 3;
 pub const VOTERS_MAX: usize = 15;
+/// A silent voter is replaced within a day at the latest.
+pub const VOTER_DOWN_AFTER_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 /// Raft leader heartbeat in a mesh. openraft also times an AppendEntries out at this period, so
 /// it must exceed the slowest round trip between voters plus a follower's disk flush: 300 ms
 /// holds across continents (a 100 ms heartbeat broke clusters with >100 ms RTT in simulation).
@@ -82,6 +84,8 @@ pub struct ConfigFile {
     pub cluster_secret: Option<Secret>,
     /// Voters the cluster keeps (others are learners).
     pub voters: Option<usize>,
+    /// A voter unheard this long gives its seat to a healthy learner.
+    pub voter_down_after_ms: Option<u64>,
     /// Where model weights live (`runmesh models fetch` output) [default: <data_dir>/models].
     pub models_dir: Option<PathBuf>,
     /// Declared GPUs (`NAME:GB,...`), used when no NVIDIA driver answers (see gpu.rs).
@@ -188,6 +192,7 @@ impl ConfigFile {
             bootstrap: other.bootstrap.or(self.bootstrap),
             cluster_secret: other.cluster_secret.or(self.cluster_secret),
             voters: other.voters.or(self.voters),
+            voter_down_after_ms: other.voter_down_after_ms.or(self.voter_down_after_ms),
             models_dir: other.models_dir.or(self.models_dir),
             gpus: other.gpus.or(self.gpus),
             runners: other.runners.or(self.runners),
@@ -256,6 +261,8 @@ pub struct NodeConfig {
     pub bootstrap: Option<String>,
     pub cluster_secret: Option<Secret>,
     pub voters: usize,
+    /// A voter unheard this long is replaced by a healthy learner (membership policy).
+    pub voter_down_after_ms: u64,
     /// Model weights dir; `None`: `<data_dir>/models`.
     pub models_dir: Option<PathBuf>,
     pub gpus: Option<String>,
@@ -308,6 +315,13 @@ impl RaftTiming {
             election_timeout_max_ms: max,
             eager_campaign: true,
         }
+    }
+
+    /// openraft's timeout for one snapshot chunk: ten heartbeats (3 s by default), so a follower
+    /// a continent away that needs a snapshot gets one (openraft's own 200 ms never completes
+    /// there: docs/SIMULATION.md).
+    pub fn install_snapshot_timeout_ms(&self) -> u64 {
+        self.heartbeat_ms.saturating_mul(10)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -557,6 +571,9 @@ impl NodeConfig {
             bootstrap: c.bootstrap.filter(|b| !b.is_empty()),
             cluster_secret: c.cluster_secret.filter(|s| !s.0.is_empty()),
             voters: c.voters.unwrap_or(DEFAULT_VOTERS),
+            voter_down_after_ms: c
+                .voter_down_after_ms
+                .unwrap_or(crate::mesh::membership::DEFAULT_VOTER_DOWN_AFTER_MS),
             compat,
             models_dir: c.models_dir,
             gpus: c.gpus.filter(|g| !g.trim().is_empty()),
@@ -605,6 +622,13 @@ impl NodeConfig {
         )?;
         range("voters", self.voters, 1, VOTERS_MAX)?;
         self.raft_timing.check()?;
+        // Shorter than an election would replace voters that are merely electing a leader.
+        range(
+            "voter_down_after_ms",
+            self.voter_down_after_ms,
+            self.raft_timing.election_timeout_max_ms,
+            VOTER_DOWN_AFTER_MS_MAX,
+        )?;
         if let Some(g) = &self.gpus {
             crate::gpu::parse_gpu_spec(g).map_err(|e| ConfigError::Parse(format!("gpus: {e}")))?;
         }
@@ -769,6 +793,26 @@ mod tests {
         assert!(NodeConfig::resolve(zero, false).is_err());
         let voters = ConfigFile::parse("voters = 0").unwrap();
         assert!(NodeConfig::resolve(voters, false).is_err());
+
+        // How long a silent voter keeps its seat: a key, at least the longest election timeout.
+        assert_eq!(
+            alone.voter_down_after_ms,
+            crate::mesh::membership::DEFAULT_VOTER_DOWN_AFTER_MS
+        );
+        let wait = |text: &str| NodeConfig::resolve(ConfigFile::parse(text).unwrap(), false);
+        assert_eq!(
+            wait("voter_down_after_ms = 30000")
+                .unwrap()
+                .voter_down_after_ms,
+            30_000
+        );
+        assert!(matches!(
+            wait("voter_down_after_ms = 500"),
+            Err(ConfigError::OutOfRange {
+                key: "voter_down_after_ms",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct JobLogConfig {
     /// whole lease, campaigns at once ([`crate::election`]); `false` leaves elections to
     /// openraft's timers alone (benchmarks compare both).
     pub eager_campaign: bool,
+    /// How long one snapshot chunk may take to reach a follower; a follower farther than that
+    /// round trip would restart the install forever.
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl JobLogConfig {
@@ -77,6 +80,8 @@ impl JobLogConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
             eager_campaign: true,
+            // openraft's default; a lone node sends no snapshots.
+            install_snapshot_timeout_ms: 200,
         }
     }
 }
@@ -240,6 +245,7 @@ impl JobLog {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_timeout_ms.0,
             election_timeout_max: cfg.election_timeout_ms.1,
+            install_snapshot_timeout: cfg.install_snapshot_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()

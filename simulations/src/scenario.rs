@@ -57,16 +57,16 @@ pub struct ClusterCfg {
     pub write_timeout_ms: u64,
     /// Raft snapshot (and log purge) every this many entries.
     pub snapshot_every_entries: u64,
-    /// openraft timers; the defaults are the node's (raft/src/joblog.rs). openraft also uses the
-    /// heartbeat interval as the AppendEntries timeout, so a peer further than that round trip
-    /// never catches up: cross-region clusters need a longer one.
+    /// openraft timers; the defaults are a mesh node's (`RaftTiming` in node/src/config.rs:
+    /// 300 ms heartbeat, elections 700..1400 ms). openraft also uses the heartbeat interval as the
+    /// AppendEntries timeout, so a peer further than that round trip never catches up.
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// A follower that refuses a shorter-log candidate after the leader lease campaigns at once
     /// (`runmesh_raft::election`), as nodes do by default.
     pub eager_campaign: bool,
-    /// openraft's timeout for one snapshot chunk (node default: openraft's 200 ms); a snapshot to
+    /// openraft's timeout for one snapshot chunk (a mesh node's: ten heartbeats); a snapshot to
     /// a peer further than that round trip restarts forever.
     pub install_snapshot_timeout_ms: u64,
     /// Group commit in each node's proposer (the node's `JobLog` defaults): most commands per
@@ -98,11 +98,11 @@ impl Default for ClusterCfg {
             leader_round_ms: 100,
             write_timeout_ms: 10_000,
             snapshot_every_entries: 2_000,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_ms: 300,
+            election_timeout_min_ms: 700,
+            election_timeout_max_ms: 1400,
             eager_campaign: true,
-            install_snapshot_timeout_ms: 200,
+            install_snapshot_timeout_ms: 3000,
             batch_max: 512,
             batches_in_flight_max: 4,
             bootstrap: Bootstrap::Join,
@@ -258,6 +258,8 @@ pub enum FaultKind {
     Crash { node: u64 },
     /// Crash whichever node leads at `at_s`.
     KillLeader,
+    /// Crash every node of the region whichever node leads at `at_s` is in (a lost region).
+    KillLeaderRegion,
     /// Cut the network between groups. A group lists region names and/or node ids ("n3" or "3");
     /// nodes in no group form one more group.
     Partition { groups: Vec<Vec<String>> },

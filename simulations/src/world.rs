@@ -1113,6 +1113,7 @@ impl World {
                         .map_or(u64::MAX / 2, |h| now.saturating_sub(*h))
                 },
                 caught_up: *m == id || matched.get(m).is_some_and(|x| *x > 0 && x + 100 >= last),
+                region: Some(self.node(*m).region.clone()),
             })
             .collect();
         let policy = membership::MembershipPolicy {
@@ -1525,6 +1526,23 @@ impl World {
                 tokio::time::sleep_until(heal_at).await;
                 self.restart(node).await;
             }
+            FaultKind::KillLeaderRegion => {
+                let Some((leader, _)) = self.current_leader() else {
+                    self.event(json!({"t": self.vnow(), "ev": "fault_skipped", "what": what}));
+                    return;
+                };
+                let region = self.node(leader).region.clone();
+                let lost: Vec<NodeId> = (1..=self.n())
+                    .filter(|&id| self.node(id).region == region)
+                    .collect();
+                for &node in &lost {
+                    self.crash(node).await;
+                }
+                tokio::time::sleep_until(heal_at).await;
+                for &node in &lost {
+                    self.restart(node).await;
+                }
+            }
             FaultKind::Partition { groups } => {
                 let sides = self.sc.partition_sides(groups);
                 lock(&self.net).partitions.insert(idx, sides);
@@ -1607,10 +1625,13 @@ fn job_command_id(c: &JobCommand) -> Option<&RequestId> {
 /// For each `kill_leader` fault, virtual ms from the kill to the next leader's election (a kill
 /// with no leader after it counts to nothing: the run ended first).
 fn failover_ms(faults: &[FaultWindow], leader_changes: &[(u64, u64, NodeId)]) -> Vec<u64> {
-    let kill = describe(&FaultKind::KillLeader);
+    let kills = [
+        describe(&FaultKind::KillLeader),
+        describe(&FaultKind::KillLeaderRegion),
+    ];
     let mut out: Vec<u64> = faults
         .iter()
-        .filter(|f| f.what == kill)
+        .filter(|f| kills.contains(&f.what))
         .filter_map(|f| {
             leader_changes
                 .iter()
@@ -1626,6 +1647,7 @@ pub fn describe(k: &FaultKind) -> String {
     match k {
         FaultKind::Crash { node } => format!("crash n{node}"),
         FaultKind::KillLeader => "kill leader".into(),
+        FaultKind::KillLeaderRegion => "kill the leader's region".into(),
         FaultKind::Partition { groups } => {
             let sides: Vec<String> = groups.iter().map(|g| g.join("+")).collect();
             format!("partition {} | rest", sides.join(" | "))

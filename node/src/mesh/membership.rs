@@ -6,12 +6,20 @@
 //! stays a learner and may be promoted again later). One change at a time, so every change is a
 //! small joint-consensus step the remaining voters can commit.
 //!
+//! Voters are spread over regions: a promotion prefers the learner whose region holds the fewest
+//! voters, and when the loss of one region would leave the rest without a majority, a voter of the
+//! most crowded region gives its seat to a healthy learner of an emptier one, while the members
+//! allow it. A member with no region counts as a region of its own.
+//!
 //! Liveness comes in as data ([`MemberHealth::silent_ms`]): today from the Raft transport (time since
 //! the leader last got an answer from the member); gossip liveness can feed the same field.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use runmesh_proto::NodeId;
+
+/// How long a silent voter keeps its seat by default (`--voter-down-after-ms`).
+pub const DEFAULT_VOTER_DOWN_AFTER_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MembershipPolicy {
@@ -27,14 +35,14 @@ impl Default for MembershipPolicy {
     fn default() -> Self {
         Self {
             voters: 3,
-            voter_down_after_ms: 10_000,
+            voter_down_after_ms: DEFAULT_VOTER_DOWN_AFTER_MS,
             learner_up_within_ms: 2_000,
         }
     }
 }
 
 /// What the leader knows about one member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberHealth {
     pub id: NodeId,
     pub voter: bool,
@@ -42,6 +50,8 @@ pub struct MemberHealth {
     pub silent_ms: u64,
     /// Its log is close enough to the leader's that promoting it will not stall commits.
     pub caught_up: bool,
+    /// The region the member declared (its replicated member record); `None` is a region of its own.
+    pub region: Option<String>,
 }
 
 /// A membership change to make.
@@ -53,22 +63,66 @@ pub struct VoterChange {
     pub demoted: Option<NodeId>,
 }
 
+/// The failure domain a member belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Domain<'a> {
+    Region(&'a str),
+    /// No region declared: alone in a domain of its own.
+    Alone(NodeId),
+}
+
+fn domain(m: &MemberHealth) -> Domain<'_> {
+    match m.region.as_deref() {
+        Some(r) => Domain::Region(r),
+        None => Domain::Alone(m.id),
+    }
+}
+
+/// Voters per domain, in a voter set.
+fn domain_counts<'a>(
+    members: &'a [MemberHealth],
+    voters: &BTreeSet<NodeId>,
+) -> BTreeMap<Domain<'a>, usize> {
+    let mut counts = BTreeMap::new();
+    for m in members.iter().filter(|m| voters.contains(&m.id)) {
+        *counts.entry(domain(m)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// How crowded a voter set is: its domains' voter counts, largest first. Smaller is better spread.
+fn crowding(counts: &BTreeMap<Domain<'_>, usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = counts.values().copied().collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v
+}
+
 /// Decides the next voter change, if any. `leader` is never demoted. Deterministic: among equal
-/// candidates the freshest (least silent) learner wins, then the lowest id.
+/// candidates the learner from the domain with the fewest voters wins, then the freshest (least
+/// silent), then the lowest id.
 pub fn decide(
     leader: NodeId,
     members: &[MemberHealth],
     policy: &MembershipPolicy,
 ) -> Option<VoterChange> {
     let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-    let mut candidates: Vec<&MemberHealth> = members
+    let candidates: Vec<&MemberHealth> = members
         .iter()
         .filter(|m| {
             !m.voter && m.id != leader && m.caught_up && m.silent_ms <= policy.learner_up_within_ms
         })
         .collect();
-    candidates.sort_by_key(|m| (m.silent_ms, m.id));
-    let best = candidates.first().map(|m| m.id);
+    // The candidate that spreads a voter set best.
+    let best_for = |set: &BTreeSet<NodeId>| -> Option<NodeId> {
+        let counts = domain_counts(members, set);
+        candidates
+            .iter()
+            .min_by_key(|m| {
+                let crowd = counts.get(&domain(m)).copied().unwrap_or(0);
+                (crowd, m.silent_ms, m.id)
+            })
+            .map(|m| m.id)
+    };
 
     // The longest-silent voter past the timeout goes first.
     let down = members
@@ -78,38 +132,75 @@ pub fn decide(
         .map(|m| m.id);
 
     let target = policy.voters.max(1);
-    match (down, best) {
-        (Some(down), Some(up)) if voters.len() <= target => {
-            let mut next = voters.clone();
-            next.remove(&down);
-            next.insert(up);
-            Some(VoterChange {
-                voters: next,
-                promoted: Some(up),
-                demoted: Some(down),
-            })
+    if let Some(down) = down {
+        let mut rest = voters.clone();
+        rest.remove(&down);
+        if voters.len() <= target {
+            if let Some(up) = best_for(&rest) {
+                rest.insert(up);
+                return Some(VoterChange {
+                    voters: rest,
+                    promoted: Some(up),
+                    demoted: Some(down),
+                });
+            }
+            // No healthy learner: the silent voter keeps its seat (removing it gains nothing).
+            return None;
         }
         // More voters than wanted (the operator lowered --voters): shed a silent one first.
-        (Some(down), _) if voters.len() > target => {
-            let mut next = voters.clone();
-            next.remove(&down);
-            Some(VoterChange {
-                voters: next,
-                promoted: None,
-                demoted: Some(down),
-            })
-        }
-        (_, Some(up)) if voters.len() < target => {
-            let mut next = voters.clone();
-            next.insert(up);
-            Some(VoterChange {
-                voters: next,
-                promoted: Some(up),
-                demoted: None,
-            })
-        }
-        _ => None,
+        return Some(VoterChange {
+            voters: rest,
+            promoted: None,
+            demoted: Some(down),
+        });
     }
+    if voters.len() < target {
+        let up = best_for(&voters)?;
+        let mut next = voters.clone();
+        next.insert(up);
+        return Some(VoterChange {
+            voters: next,
+            promoted: Some(up),
+            demoted: None,
+        });
+    }
+    rebalance(leader, members, &voters, &best_for)
+}
+
+/// When losing the most crowded domain would leave the other voters short of a majority, one
+/// voter of that domain gives its seat to the best-spreading learner, if that makes the set less
+/// crowded. Never the leader; each change strictly lowers [`crowding`], so it settles.
+fn rebalance(
+    leader: NodeId,
+    members: &[MemberHealth],
+    voters: &BTreeSet<NodeId>,
+    best_for: &dyn Fn(&BTreeSet<NodeId>) -> Option<NodeId>,
+) -> Option<VoterChange> {
+    let counts = domain_counts(members, voters);
+    let (crowded, most) = counts
+        .iter()
+        .max_by_key(|(d, n)| (**n, std::cmp::Reverse(*d)))?;
+    if 2 * most < voters.len() {
+        return None;
+    }
+    // The seat to give up: the most silent non-leader voter of the crowded domain, then highest id.
+    let seat = members
+        .iter()
+        .filter(|m| m.voter && m.id != leader && domain(m) == *crowded)
+        .max_by_key(|m| (m.silent_ms, m.id))?
+        .id;
+    let mut next = voters.clone();
+    next.remove(&seat);
+    let up = best_for(&next)?;
+    next.insert(up);
+    if crowding(&domain_counts(members, &next)) >= crowding(&counts) {
+        return None;
+    }
+    Some(VoterChange {
+        voters: next,
+        promoted: Some(up),
+        demoted: Some(seat),
+    })
 }
 
 #[cfg(test)]
@@ -122,7 +213,36 @@ mod tests {
             voter,
             silent_ms,
             caught_up: true,
+            region: None,
         }
+    }
+
+    fn r(id: NodeId, voter: bool, silent_ms: u64, region: &str) -> MemberHealth {
+        MemberHealth {
+            region: Some(region.into()),
+            ..m(id, voter, silent_ms)
+        }
+    }
+
+    /// Applies the policy's changes until it has none left (bounded), as the leader's loop would.
+    fn settle(leader: NodeId, members: &mut [MemberHealth], policy: &MembershipPolicy) -> usize {
+        for changes in 0..20 {
+            let Some(c) = decide(leader, members, policy) else {
+                return changes;
+            };
+            for m in members.iter_mut() {
+                m.voter = c.voters.contains(&m.id);
+            }
+        }
+        panic!("the voter set never settles: {members:?}");
+    }
+
+    fn crowded_region(members: &[MemberHealth]) -> usize {
+        let mut counts = BTreeMap::new();
+        for m in members.iter().filter(|m| m.voter) {
+            *counts.entry(m.region.clone()).or_insert(0) += 1;
+        }
+        counts.values().copied().max().unwrap_or(0)
     }
 
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
@@ -163,7 +283,7 @@ mod tests {
             m(1, true, 0),
             m(4, false, 300),
             m(3, false, 100),
-            lagging,
+            lagging.clone(),
             m(6, false, 9_000),
         ];
         assert_eq!(decide(1, &pick, &P).unwrap().promoted, Some(3));
@@ -220,5 +340,113 @@ mod tests {
             (c.voters, c.demoted, c.promoted),
             (set(&[1]), Some(2), None)
         );
+    }
+
+    #[test]
+    fn promotions_prefer_a_region_without_voters() {
+        // The fresher learner shares the leader's region; the other one brings a new region.
+        let members = [
+            r(1, true, 0, "a"),
+            r(2, false, 0, "a"),
+            r(3, false, 900, "b"),
+        ];
+        assert_eq!(decide(1, &members, &P).unwrap().promoted, Some(3));
+        // A member without a region is a region of its own.
+        let members = [r(1, true, 0, "a"), r(2, false, 0, "a"), m(3, false, 900)];
+        assert_eq!(decide(1, &members, &P).unwrap().promoted, Some(3));
+    }
+
+    #[test]
+    fn a_region_holding_a_majority_gives_a_seat_to_an_emptier_one() {
+        let members = [
+            r(1, true, 0, "a"),
+            r(2, true, 0, "a"),
+            r(3, true, 0, "b"),
+            r(4, false, 0, "b"),
+            r(5, false, 0, "c"),
+        ];
+        let c = decide(1, &members, &P).unwrap();
+        assert_eq!((c.promoted, c.demoted), (Some(5), Some(2)));
+        assert_eq!(c.voters, set(&[1, 3, 5]));
+        // The leader keeps its seat even when it sits in the crowded region.
+        let c = decide(2, &members, &P).unwrap();
+        assert_eq!((c.promoted, c.demoted), (Some(5), Some(1)));
+
+        // Spread already: nothing moves (no churn between equally good sets).
+        let spread = [
+            r(1, true, 0, "a"),
+            r(2, true, 0, "b"),
+            r(3, true, 0, "c"),
+            r(4, false, 0, "a"),
+            r(5, false, 0, "d"),
+        ];
+        assert_eq!(decide(1, &spread, &P), None);
+        // One region only: no set is better, nothing moves.
+        let one = [
+            r(1, true, 0, "a"),
+            r(2, true, 0, "a"),
+            r(3, true, 0, "a"),
+            r(4, false, 0, "a"),
+        ];
+        assert_eq!(decide(1, &one, &P), None);
+        // The emptier region's learner is silent or behind: it is not promoted.
+        let mut behind = r(5, false, 0, "c");
+        behind.caught_up = false;
+        let unhealthy = [
+            r(1, true, 0, "a"),
+            r(2, true, 0, "a"),
+            r(3, true, 0, "b"),
+            behind,
+            r(6, false, 5_000, "c"),
+        ];
+        assert_eq!(decide(1, &unhealthy, &P), None);
+    }
+
+    #[test]
+    fn a_lost_region_is_replaced_and_the_spread_comes_back_when_it_returns() {
+        // Two nodes in each of three regions, one voter per region; region c goes dark.
+        let mut members = [
+            r(1, true, 0, "a"),
+            r(2, false, 0, "a"),
+            r(3, true, 0, "b"),
+            r(4, false, 0, "b"),
+            r(5, true, 20_000, "c"),
+            r(6, false, 20_000, "c"),
+        ];
+        let c = decide(1, &members, &P).unwrap();
+        assert_eq!(c.demoted, Some(5));
+        assert!(matches!(c.promoted, Some(2 | 4)), "{c:?}");
+        assert_eq!(settle(1, &mut members, &P), 1, "one change, then calm");
+
+        // Region c is back: one of its members takes a seat from the doubled region.
+        for m in members
+            .iter_mut()
+            .filter(|m| m.region.as_deref() == Some("c"))
+        {
+            m.silent_ms = 0;
+        }
+        assert_eq!(settle(1, &mut members, &P), 1);
+        assert_eq!(crowded_region(&members), 1, "{members:?}");
+    }
+
+    #[test]
+    fn five_voters_over_three_regions_leave_a_majority_after_any_region_is_lost() {
+        for leader in [1, 4, 5] {
+            // Voters formed from the first five ids: 3 in a, 2 in b.
+            let mut members: Vec<MemberHealth> = (1..=9)
+                .map(|id| {
+                    let region = ["a", "b", "c"][(id as usize - 1) / 3];
+                    r(id, id <= 5, 0, region)
+                })
+                .collect();
+            let policy = MembershipPolicy { voters: 5, ..P };
+            settle(leader, &mut members, &policy);
+            let voters = members.iter().filter(|m| m.voter).count();
+            assert_eq!(voters, 5);
+            assert!(
+                2 * crowded_region(&members) < voters,
+                "leader {leader}: {members:?}"
+            );
+        }
     }
 }

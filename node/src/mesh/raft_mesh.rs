@@ -140,6 +140,7 @@ impl RaftMesh {
             cfg.timing.election_timeout_max_ms,
         );
         jl.eager_campaign = cfg.timing.eager_campaign;
+        jl.install_snapshot_timeout_ms = cfg.timing.install_snapshot_timeout_ms();
         jl.apply_wait = Duration::from_secs(10);
         // Room for an election plus a retry at the new leader before a client hears 503.
         jl.write_timeout = Duration::from_secs(20);
@@ -258,6 +259,7 @@ async fn run_controller(
                     voter: m.voter,
                     silent_ms,
                     caught_up,
+                    region: MemberInfo::from_addr_string(&m.addr).and_then(|info| info.region),
                 }
             })
             .collect();
@@ -330,6 +332,7 @@ pub async fn open_job_log(
         secret: cfg.cluster_secret.as_ref().map(|s| s.0.clone()),
         policy: MembershipPolicy {
             voters: cfg.voters,
+            voter_down_after_ms: cfg.voter_down_after_ms,
             ..MembershipPolicy::default()
         },
         join_timeout: JOIN_TIMEOUT,
