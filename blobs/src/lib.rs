@@ -300,13 +300,16 @@ impl BlobNode {
         Ok((hash, size))
     }
 
-    /// Keeps `hash` from garbage collection under the name `pin` (replacing what it named).
+    /// Keeps `hash` from garbage collection under the name `pin` (replacing what it named), durably:
+    /// the store batches its metadata writes for up to 500 ms, and a blob whose URL a caller or
+    /// the job log already holds must survive a crash right after.
     pub async fn pin(&self, hash: BlobHash, pin: &str) -> Result<(), BlobError> {
         self.store
             .tags()
             .set(pin, hash.iroh())
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        self.store.sync_db().await.map_err(store_err)
     }
 
     /// Drops the pin `pin`; the blob goes at the next collection unless another pin names it.

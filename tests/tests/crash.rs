@@ -214,3 +214,43 @@ async fn kill9_while_a_job_runs_requeues_it_after_the_lease() {
         json!({"slept_ms": 3000})
     );
 }
+
+/// Files are as durable as the jobs that name them: an upload's URL and a finished job's output
+/// file read back after a `kill -9` that follows at once (the blob store batched its metadata for
+/// up to 500 ms, so both were lost to a crash right after they were acknowledged).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_right_after_an_upload_and_an_output_keeps_both_files() {
+    let mut node = Node::start_default();
+    let api = node.api();
+    let upload: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let r = api
+        .send(
+            reqwest::Method::POST,
+            "/storage/upload",
+            &[("content-type", "application/octet-stream")],
+            Some(upload.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["url"].as_str().expect("url").to_string();
+    let sub = api
+        .submit("runmesh/noise", &json!({"bytes": 70_000, "seed": 3}))
+        .await;
+    api.wait_completed("runmesh/noise", &sub.request_id, Duration::from_secs(20))
+        .await;
+    let output = api.result("runmesh/noise", &sub.request_id).await.json();
+    let output_url = output["file"]["url"].as_str().expect("file url").to_string();
+    let noise = api.get(&output_url).await;
+    assert_eq!(noise.status, 200);
+    node.kill9();
+
+    node.restart_same_dir();
+    let api = node.api();
+    let path = |u: &str| u[u.find("/files/").expect("a /files/ URL")..].to_string();
+    let got = api.get(&path(&url)).await;
+    assert_eq!(got.status, 200, "the upload after the crash: {}", got.text());
+    assert_eq!(got.body, upload);
+    let got = api.get(&path(&output_url)).await;
+    assert_eq!(got.status, 200, "the output after the crash: {}", got.text());
+    assert_eq!(got.body, noise.body);
+}
