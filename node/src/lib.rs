@@ -5,6 +5,7 @@ pub mod apps;
 pub mod artifacts;
 pub mod config;
 pub mod datadir;
+pub mod format;
 pub mod gpu;
 pub mod identity;
 pub mod keys_cli;

@@ -165,6 +165,8 @@ fn init_logging(format: LogFormat) {
 
 /// Runs one node until SIGINT/SIGTERM.
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+    // Before anything opens or writes the dir: a newer format is refused, an older one migrated.
+    runmesh_node::format::prepare(&cfg.data_dir)?;
     let narrowed = runmesh_node::datadir::secure(&cfg.data_dir).context("securing the data dir")?;
     if narrowed > 0 {
         tracing::warn!(
@@ -215,6 +217,13 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     if !joblog.wait_healthy(HEALTHY_TIMEOUT).await {
         joblog.shutdown().await;
         bail!("the job log did not become writable within {HEALTHY_TIMEOUT:?}");
+    }
+    if !cfg
+        .data_dir
+        .join(runmesh_node::format::FORMAT_FILE)
+        .exists()
+    {
+        runmesh_node::format::write(&cfg.data_dir, runmesh_node::format::CURRENT)?;
     }
     if mark.is_none() {
         datadir::write_mark(

@@ -102,6 +102,47 @@ fn build_runmesh(profile_dir: &Path, bin: &Path, force: bool) {
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (the OS picks it).
+/// Runs `runmesh dev` on `data_dir` and expects it to refuse: returns its stderr.
+pub fn refused_start(data_dir: &Path) -> String {
+    let mut child = Command::new(runmesh_bin())
+        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runmesh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(!status.success(), "started anyway: {stderr}");
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node started on a data dir it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copies the directory tree `src` to `dst` (created when missing).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
@@ -157,10 +198,24 @@ impl Node {
 
     /// Starts a node and waits (bounded) for its listening line.
     pub fn start(opts: NodeOpts) -> Node {
-        let dir = tempfile::Builder::new()
+        Self::start_in(Self::temp_dir(), opts)
+    }
+
+    /// Starts a node on a copy of the data dir `src` (a fixture, or another node's stopped dir).
+    pub fn start_on_copy(src: &Path, opts: NodeOpts) -> Node {
+        let dir = Self::temp_dir();
+        copy_dir(src, &dir.path().join("data"));
+        Self::start_in(dir, opts)
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
             .prefix("runmesh-it-")
             .tempdir()
-            .expect("create temp dir");
+            .expect("create temp dir")
+    }
+
+    fn start_in(dir: tempfile::TempDir, opts: NodeOpts) -> Node {
         let mut node = Node {
             opts,
             dir,
@@ -585,6 +640,8 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 pub struct Api {
     pub base: String,
     http: reqwest::Client,
+    /// Sent with every request before the call's own headers (e.g. an `authorization`).
+    headers: Vec<(String, String)>,
 }
 
 impl Api {
@@ -598,7 +655,14 @@ impl Api {
         Api {
             base: base.trim_end_matches('/').to_string(),
             http,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Api {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// `base + path` unless `path` is already absolute.
@@ -619,6 +683,9 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> Result<Resp, reqwest::Error> {
         let mut req = self.http.request(method, self.url(path));
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

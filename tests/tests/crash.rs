@@ -239,7 +239,10 @@ async fn kill9_right_after_an_upload_and_an_output_keeps_both_files() {
     api.wait_completed("runmesh/noise", &sub.request_id, Duration::from_secs(20))
         .await;
     let output = api.result("runmesh/noise", &sub.request_id).await.json();
-    let output_url = output["file"]["url"].as_str().expect("file url").to_string();
+    let output_url = output["file"]["url"]
+        .as_str()
+        .expect("file url")
+        .to_string();
     let noise = api.get(&output_url).await;
     assert_eq!(noise.status, 200);
     node.kill9();
@@ -248,9 +251,19 @@ async fn kill9_right_after_an_upload_and_an_output_keeps_both_files() {
     let api = node.api();
     let path = |u: &str| u[u.find("/files/").expect("a /files/ URL")..].to_string();
     let got = api.get(&path(&url)).await;
-    assert_eq!(got.status, 200, "the upload after the crash: {}", got.text());
+    assert_eq!(
+        got.status,
+        200,
+        "the upload after the crash: {}",
+        got.text()
+    );
     assert_eq!(got.body, upload);
     let got = api.get(&path(&output_url)).await;
-    assert_eq!(got.status, 200, "the output after the crash: {}", got.text());
+    assert_eq!(
+        got.status,
+        200,
+        "the output after the crash: {}",
+        got.text()
+    );
     assert_eq!(got.body, noise.body);
 }

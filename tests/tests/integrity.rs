@@ -4,41 +4,13 @@
 //! cluster that has forgotten every acknowledged job. Put back, the same data dir starts with all
 //! of its jobs.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runmesh_tests::{runmesh_bin, Node, NodeOpts};
+use runmesh_tests::{copy_dir, refused_start, runmesh_bin, Node, NodeOpts};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Runs `runmesh dev` on `data_dir` and expects it to refuse: returns its stderr.
-fn refused_start(data_dir: &Path) -> String {
-    let mut child = Command::new(runmesh_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn runmesh");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-            assert!(!status.success(), "started anyway: {stderr}");
-            return stderr;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node started on a data dir it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A node with `n` completed echo jobs; returns it (killed) and their ids.
 async fn node_with_jobs(n: usize) -> (Node, Vec<String>) {
@@ -109,20 +81,6 @@ async fn a_lost_log_does_not_found_a_new_cluster() {
 
 /// One way a disk damages a file.
 type Damage = Box<dyn Fn(&mut Vec<u8>)>;
-
-/// A copy of `src` (a stopped node's data dir) at `dst`.
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for entry in std::fs::read_dir(src).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).expect("copy");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_log_is_detected_and_never_served() {
