@@ -267,6 +267,27 @@ impl Node {
         }
     }
 
+    /// SIGTERM, the way an operator stops a node, and waits (bounded) for it to exit; SIGKILL if
+    /// it has not within `grace`. Returns whether it exited by itself.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Kills the node if it runs, then starts it again on the same data dir (same port if it is
     /// still free, else a fresh one; `base` is updated).
     pub fn restart_same_dir(&mut self) {

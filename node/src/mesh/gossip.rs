@@ -397,7 +397,18 @@ impl GossipTask {
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
         if info.protocol_version != PROTOCOL_VERSION {
-            debug!(%peer, version = %info.protocol_version, "not a runmesh peer; ignored");
+            if info.protocol_version.starts_with("/runmesh/") {
+                // Once per connection: a runmesh of another gossip generation (a rolling upgrade
+                // that skipped a version, or a node left behind).
+                warn!(
+                    %peer,
+                    theirs = %info.protocol_version,
+                    ours = PROTOCOL_VERSION,
+                    "a peer speaks another runmesh gossip version; ignoring it: upgrade the older node"
+                );
+            } else {
+                debug!(%peer, version = %info.protocol_version, "not a runmesh peer; ignored");
+            }
             return;
         }
         let first_peer = self

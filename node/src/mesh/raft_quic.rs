@@ -38,8 +38,16 @@ use tracing::{debug, info, warn};
 use crate::identity::{ed25519_key_of_cert, NodeIdentity, CERT_NAME};
 use crate::mesh::join::Admission;
 
-/// ALPN of the Raft listener; a version bump makes old and new nodes refuse each other cleanly.
+/// ALPN of the Raft listener: the wire protocol's version. A build that changes the protocol
+/// names a new version first in [`PROTOCOLS`] and keeps the versions it still speaks after it, so
+/// that during a rolling upgrade old and new nodes agree on the newest both speak (TLS picks it).
 pub const ALPN: &[u8] = b"runmesh-raft/1";
+/// The Raft protocol versions this build speaks, newest first.
+pub const PROTOCOLS: &[&[u8]] = &[ALPN];
+/// TLS alert 120 (no_application_protocol) as a QUIC crypto error: the two ends share no version.
+const NO_COMMON_PROTOCOL: u64 = 0x100 + 120;
+/// A peer that shares no protocol version is named at WARN at most this often.
+const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Largest frame from a member (AppendEntries batches, snapshot chunks).
 pub const FRAME_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Largest request from a peer that is not a member (a join request is a few hundred bytes).
@@ -135,11 +143,42 @@ pub struct QuicRaft {
     joblog: OnceLock<JobLog>,
     admission: OnceLock<Arc<Admission>>,
     connections: Arc<Semaphore>,
+    protocols: Vec<Vec<u8>>,
+    /// When each peer address that shares no protocol version was last logged.
+    mismatch_logged: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// Whether a failed handshake failed because the two ends share no protocol version.
+fn no_common_protocol(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return false,
+    };
+    code == NO_COMMON_PROTOCOL
+}
+
+fn protocol_names(protocols: &[Vec<u8>]) -> String {
+    let names: Vec<String> = protocols
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    names.join(", ")
 }
 
 impl QuicRaft {
     /// Binds the listener. Incoming connections wait until [`QuicRaft::serve`].
     pub fn bind(identity: &NodeIdentity, addr: SocketAddr) -> Result<Arc<Self>, QuicError> {
+        Self::bind_speaking(identity, addr, PROTOCOLS)
+    }
+
+    /// [`QuicRaft::bind`] speaking the given protocol versions (newest first).
+    pub fn bind_speaking(
+        identity: &NodeIdentity,
+        addr: SocketAddr,
+        protocols: &[&[u8]],
+    ) -> Result<Arc<Self>, QuicError> {
+        let protocols: Vec<Vec<u8>> = protocols.iter().map(|p| p.to_vec()).collect();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (cert, key) = identity.tls_cert()?;
         let tls = |e: rustls::Error| QuicError::Tls(e.to_string());
@@ -151,7 +190,7 @@ impl QuicRaft {
             }))
             .with_single_cert(vec![cert.clone()], key.clone_key())
             .map_err(tls)?;
-        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        server_tls.alpn_protocols = protocols.clone();
         let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
@@ -184,6 +223,8 @@ impl QuicRaft {
             joblog: OnceLock::new(),
             admission: OnceLock::new(),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            protocols,
+            mismatch_logged: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -253,7 +294,7 @@ impl QuicRaft {
             }))
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(|e| e.to_string())?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = self.protocols.clone();
         let quic_tls =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
@@ -281,7 +322,40 @@ impl QuicRaft {
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| {
+                if no_common_protocol(&e) {
+                    let msg = self.version_mismatch(addr);
+                    unreachable(msg)
+                } else {
+                    unreachable(e.to_string())
+                }
+            })
+    }
+
+    /// Says (at WARN, at most once a minute per peer) that `remote` speaks no Raft protocol
+    /// version this node does, and returns the sentence.
+    fn version_mismatch(&self, remote: SocketAddr) -> String {
+        let msg = format!(
+            "the peer at {remote} speaks no Raft protocol version this node does (this node: {}): \
+             it runs a runmesh too old or too new for this one; upgrade the older node",
+            protocol_names(&self.protocols)
+        );
+        let now = Instant::now();
+        let mut logged = self
+            .mismatch_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = logged
+            .get(&remote)
+            .is_none_or(|at| now.duration_since(*at) >= MISMATCH_LOG_EVERY);
+        if due {
+            if logged.len() >= CONNECTIONS_MAX {
+                logged.clear();
+            }
+            logged.insert(remote, now);
+            warn!(%remote, "{msg}");
+        }
+        msg
     }
 
     /// A connection to a member, pinned to the key its record names.
@@ -413,6 +487,10 @@ impl QuicRaft {
                 let remote = incoming.remote_address();
                 let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
+                    Ok(Err(e)) if no_common_protocol(&e) => {
+                        me.version_mismatch(remote);
+                        return;
+                    }
                     Ok(Err(e)) => {
                         debug!(%remote, error = %e, "Raft handshake failed");
                         return;
@@ -749,6 +827,49 @@ mod tests {
             p2p: None,
             region: None,
         }
+    }
+
+    /// Nodes that share no Raft protocol version refuse each other with a sentence saying so;
+    /// a node that also speaks the older version talks to an old one (a rolling upgrade).
+    #[tokio::test]
+    async fn peers_agree_on_a_protocol_version_or_say_they_share_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_id = NodeIdentity::generate().unwrap();
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let old = QuicRaft::bind_speaking(&old_id, local, &[b"runmesh-raft/1"]).unwrap();
+        let mut cfg = JobLogConfig::single_node(dir.path().join("raft"));
+        cfg.node_id = old_id.raft_node_id();
+        let joblog = JobLog::open(
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(QuicTransport(old.clone())),
+        )
+        .await
+        .unwrap();
+        old.serve(
+            joblog.clone(),
+            Arc::new(Admission::new(None, old_id.public_key_bytes())),
+        );
+        let old_addr = old.local_addr().unwrap().to_string();
+
+        let newer = NodeIdentity::generate().unwrap();
+        let only_new = QuicRaft::bind_speaking(&newer, local, &[b"runmesh-raft/2"]).unwrap();
+        let e = only_new.connect_unpinned(&old_addr).await.unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "speaks no Raft protocol version this node does (this node: runmesh-raft/2)"
+            ),
+            "{e}"
+        );
+        let both = QuicRaft::bind_speaking(&newer, local, &[b"runmesh-raft/2", b"runmesh-raft/1"])
+            .unwrap();
+        let (conn, _) = both.connect_unpinned(&old_addr).await.unwrap();
+        let agreed = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        assert_eq!(agreed.as_deref(), Some(&b"runmesh-raft/1"[..]));
+        joblog.shutdown().await;
     }
 
     /// A one-node cluster on a QUIC listener, and a stranger dialing it.
