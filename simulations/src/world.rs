@@ -1622,6 +1622,25 @@ fn job_command_id(c: &JobCommand) -> Option<&RequestId> {
     c.request_id()
 }
 
+/// After a partition heals, how long its elections count against it.
+pub const HEAL_WINDOW_MS: u64 = 10_000;
+
+/// For each partition that healed, the leaders elected within [`HEAL_WINDOW_MS`] after it: a cut-off
+/// node that comes back should not unseat a healthy leader (0 when the leader kept its seat, 1
+/// when one had to be elected).
+fn heal_elections(faults: &[FaultWindow], leader_changes: &[(u64, u64, NodeId)]) -> Vec<u64> {
+    faults
+        .iter()
+        .filter(|f| f.what.starts_with("partition"))
+        .map(|f| {
+            leader_changes
+                .iter()
+                .filter(|(at, _, _)| *at >= f.end_ms && *at < f.end_ms + HEAL_WINDOW_MS)
+                .count() as u64
+        })
+        .collect()
+}
+
 /// For each `kill_leader` fault, virtual ms from the kill to the next leader's election (a kill
 /// with no leader after it counts to nothing: the run ended first).
 fn failover_ms(faults: &[FaultWindow], leader_changes: &[(u64, u64, NodeId)]) -> Vec<u64> {
@@ -2004,6 +2023,7 @@ impl World {
         let virtual_ms = self.vnow();
         let (entries, commands) = check.entries_and_commands();
         let failover = failover_ms(&lock(&self.faults), &lock(&self.leader_changes));
+        let heals = heal_elections(&lock(&self.faults), &lock(&self.leader_changes));
         let log_entries: Vec<usize> = self.nodes.iter().map(|n| lock(n).disk.log_len()).collect();
         let figures = json!({
             "scenario": self.sc.name,
@@ -2029,6 +2049,7 @@ impl World {
                 "commands_per_entry": (commands as f64 / entries.max(1) as f64 * 100.0).round() / 100.0,
                 "log_entries_held_max": log_entries.iter().max().copied().unwrap_or(0),
                 "failover_ms": failover,
+                "heal_elections": heals,
             },
             "nodes_faults": {"crashes": st.crashes, "restarts": st.restarts},
             "network": {"sent": net.stats.sent, "delivered": net.stats.delivered, "lost": net.stats.lost,

@@ -171,7 +171,7 @@ fn summary(o: &RunOutcome) -> String {
     let j = &o.figures["jobs"];
     let l = &o.figures["latency_ms"];
     format!(
-        "scenario={} seed={} nodes={} virtual_s={:.1} wall_s={:.2} acked={} completed={} failed={} cancelled={} requeued={} p50_ms={} p99_ms={} leaders={} failover_ms={} violations={}",
+        "scenario={} seed={} nodes={} virtual_s={:.1} wall_s={:.2} acked={} completed={} failed={} cancelled={} requeued={} p50_ms={} p99_ms={} leaders={} failover_ms={} heal_elections={} violations={}",
         o.scenario,
         o.seed,
         o.nodes,
@@ -186,6 +186,7 @@ fn summary(o: &RunOutcome) -> String {
         l["p99"],
         o.figures["raft"]["elections_won"],
         o.figures["raft"]["failover_ms"],
+        o.figures["raft"]["heal_elections"],
         o.violations_total
     )
 }
@@ -229,6 +230,7 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
     let (a, b) = f.seeds.ok_or("sweep needs --seeds A..B")?;
     let mut failing = Vec::new();
     let mut failovers: Vec<u64> = Vec::new();
+    let mut heals: Vec<u64> = Vec::new();
     let wall = std::time::Instant::now();
     for seed in a..=b {
         let mut opts = Options::new(seed);
@@ -237,6 +239,9 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
         eprintln!("{}", summary(&o));
         if let Some(v) = o.figures["raft"]["failover_ms"].as_array() {
             failovers.extend(v.iter().filter_map(|x| x.as_u64()));
+        }
+        if let Some(v) = o.figures["raft"]["heal_elections"].as_array() {
+            heals.extend(v.iter().filter_map(|x| x.as_u64()));
         }
         if o.violations_total > 0 {
             failing.push(o);
@@ -259,6 +264,18 @@ fn cmd_sweep(args: &[String]) -> Result<ExitCode, String> {
             at(0.5),
             at(0.9),
             failovers[failovers.len() - 1]
+        );
+    }
+    if !heals.is_empty() {
+        let mut counts = std::collections::BTreeMap::new();
+        for h in &heals {
+            *counts.entry(*h).or_insert(0u64) += 1;
+        }
+        let shown: Vec<String> = counts.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+        println!(
+            "leaders elected in the 10 s after a partition heals, over {} heals (elections:heals): {}",
+            heals.len(),
+            shown.join(" ")
         );
     }
     if !failing.is_empty() {
