@@ -212,6 +212,13 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             "{e}, and this node has no peer to get the entries back from. Restore the data dir \
              from a backup; starting it as it is would lose acknowledged jobs"
         ),
+        Err(runmesh_node::mesh::raft_mesh::RaftMeshError::JobLog(
+            e @ runmesh_raft::JobLogError::Storage(_),
+        )) if mark.is_some() && cfg.bootstrap.is_none() => bail!(
+            "{e}. This data dir held a cluster member: if the cluster has other members, start \
+             this node with --bootstrap <member> and it sets the unreadable store aside and \
+             fetches the log from them; if it was the only node, restore the data dir from a backup"
+        ),
         Err(e) => return Err(anyhow::Error::new(e).context("opening the job log")),
     };
     if !joblog.wait_healthy(HEALTHY_TIMEOUT).await {

@@ -62,6 +62,30 @@ pub struct JobLogConfig {
     /// How long one snapshot chunk may take to reach a follower; a follower farther than that
     /// round trip would restart the install forever.
     pub install_snapshot_timeout_ms: u64,
+    /// A store that cannot be opened is moved aside and the log fetched from peers again: for a
+    /// member that has peers to fetch from. Its acknowledged-entries record stays, so the node
+    /// stays out of votes and reads until the entries are back.
+    pub refetch_unreadable: bool,
+}
+
+/// Moves an unreadable store to `<dir>.damaged-<unix secs>` and starts `dir` again with only the
+/// acknowledged-entries record in it. Returns where the store went.
+fn set_aside(dir: &std::path::Path) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = dir
+        .file_name()
+        .map_or_else(|| "raft".into(), |n| n.to_string_lossy().into_owned());
+    let aside = dir.with_file_name(format!("{name}.damaged-{secs}"));
+    std::fs::rename(dir, &aside).map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let record = aside.join(crate::acknowledged::FILE);
+    if record.exists() {
+        std::fs::copy(&record, dir.join(crate::acknowledged::FILE))
+            .map_err(|e| format!("keeping {}: {e}", record.display()))?;
+    }
+    Ok(aside)
 }
 
 impl JobLogConfig {
@@ -82,6 +106,7 @@ impl JobLogConfig {
             eager_campaign: true,
             // openraft's default; a lone node sends no snapshots.
             install_snapshot_timeout_ms: 200,
+            refetch_unreadable: false,
         }
     }
 }
@@ -162,18 +187,27 @@ struct Inner {
     recovering: Arc<AtomicBool>,
 }
 
-/// Ends recovery once the log holds what this node acknowledged, or holds an entry of the current
-/// leader's term (a leader commits one at the start of its term, so by then the log has every
-/// entry committed before it).
-fn watch_recovery(raft: Raft, me: NodeId, recovering: Arc<AtomicBool>, acknowledged: u64) {
+/// Ends recovery once the state machine has applied what this node acknowledged, or has applied an
+/// entry of a leader elected after the damage (a leader commits one at the start of its term, so
+/// by then every entry committed before it is applied here). Entries merely back in the log are not
+/// enough: a read served before they are applied would miss jobs this node had acknowledged, and
+/// an entry of the term the node already had says nothing about what it lost.
+fn watch_recovery(
+    raft: Raft,
+    me: NodeId,
+    recovering: Arc<AtomicBool>,
+    acknowledged: u64,
+    acknowledged_term: u64,
+) {
     tokio::spawn(async move {
         let mut metrics = raft.metrics();
         loop {
             let caught_up = {
                 let m = metrics.borrow();
                 let leader_elsewhere = m.current_leader.is_some_and(|l| l != me);
-                m.last_log_index.is_some_and(|i| i >= acknowledged)
+                m.last_applied.is_some_and(|a| a.index >= acknowledged)
                     || (leader_elsewhere
+                        && m.current_term > acknowledged_term
                         && m.last_applied
                             .is_some_and(|a| a.leader_id.term == m.current_term))
             };
@@ -213,8 +247,29 @@ impl JobLog {
     ) -> Result<Self, JobLogError> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| JobLogError::Storage(format!("{}: {e}", cfg.data_dir.display())))?;
-        let store = Store::open(&cfg.data_dir)
-            .map_err(|e| JobLogError::Storage(format!("open {}: {e}", cfg.data_dir.display())))?;
+        let store = match Store::open(&cfg.data_dir) {
+            Ok(store) => store,
+            Err(e) if cfg.refetch_unreadable => {
+                let aside = set_aside(&cfg.data_dir).map_err(JobLogError::Storage)?;
+                tracing::error!(
+                    dir = %cfg.data_dir.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "the Raft store cannot be read: moved it aside; this node fetches the log \
+                     from its peers again and does not vote or serve until it has every entry \
+                     it acknowledged"
+                );
+                Store::open(&cfg.data_dir).map_err(|e| {
+                    JobLogError::Storage(format!("open {}: {e}", cfg.data_dir.display()))
+                })?
+            }
+            Err(e) => {
+                return Err(JobLogError::Storage(format!(
+                    "open {}: {e}",
+                    cfg.data_dir.display()
+                )))
+            }
+        };
         // What the log holds against what this replica acknowledged (crate::acknowledged).
         let (recorder, acked) = Recorder::open(&cfg.data_dir).map_err(JobLogError::Storage)?;
         let acked = acked.unwrap_or_default();
@@ -293,7 +348,14 @@ impl JobLog {
                 });
             }
             recovering.store(true, Ordering::Release);
-            watch_recovery(raft.clone(), cfg.node_id, recovering.clone(), acknowledged);
+            let acknowledged_term = acked.vote.as_ref().map_or(0, |v| v.leader_id.term);
+            watch_recovery(
+                raft.clone(),
+                cfg.node_id,
+                recovering.clone(),
+                acknowledged,
+                acknowledged_term,
+            );
         }
         if !initialized && cfg.bootstrap_single {
             let members = BTreeMap::from([(

@@ -170,3 +170,98 @@ async fn a_damaged_log_is_detected_and_never_served() {
         let _ = std::fs::remove_dir_all(&copy);
     }
 }
+
+/// A follower of a 3-node mesh whose log is damaged while it is down (its tail cut, or the file
+/// emptied) never serves the short log as healthy: when it starts at all, it reports itself
+/// unhealthy until it has every acknowledged entry back from the leader, then serves every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_follower_gets_its_log_back_from_the_leader() {
+    use runmesh_tests::{Cluster, MEMBERSHIP_TIMEOUT};
+    let damages: [(&str, Damage); 2] = [
+        (
+            "4 KiB cut from the end",
+            Box::new(|b: &mut Vec<u8>| b.truncate(b.len().saturating_sub(4096))),
+        ),
+        ("an emptied file", Box::new(|b: &mut Vec<u8>| b.clear())),
+    ];
+    let mut cluster = Cluster::start(3, NodeOpts::default());
+    cluster.wait_membership(3, 0, MEMBERSHIP_TIMEOUT).await;
+    let leader = cluster.leader_index(WAIT).await;
+    let api = cluster.api(leader);
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let sub = api.submit("runmesh/echo", &json!({ "i": i })).await;
+        ids.push(sub.request_id);
+    }
+    for id in &ids {
+        api.wait_completed("runmesh/echo", id, WAIT).await;
+    }
+    for (what, damage) in damages {
+        // Completed everywhere before the follower goes down: entries it acknowledged.
+        let before = ids.clone();
+        let leader = cluster.leader_index(WAIT).await;
+        // A follower that joined through a peer (node 0 founded the cluster and has no
+        // --bootstrap to fetch the log from: it names the flag instead).
+        let f = (1..3).find(|&i| i != leader).expect("a follower");
+        cluster.nodes[f].kill9();
+        let db = cluster.nodes[f].data_dir().join("raft").join("db");
+        let mut bytes = std::fs::read(&db).expect("read db");
+        damage(&mut bytes);
+        std::fs::write(&db, &bytes).expect("write db");
+        // More acknowledged jobs while it is down: the survivors still have a quorum.
+        for i in 0..5 {
+            let sub = cluster
+                .api(leader)
+                .submit("runmesh/echo", &json!({ "what": what, "i": i }))
+                .await;
+            cluster
+                .api(leader)
+                .wait_completed("runmesh/echo", &sub.request_id, WAIT)
+                .await;
+            ids.push(sub.request_id);
+        }
+
+        cluster.nodes[f].restart_same_dir();
+        let follower = cluster.api(f);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut unhealthy_seen = 0u32;
+        loop {
+            let h = follower
+                .try_send(reqwest::Method::GET, "/healthz", &[], None)
+                .await;
+            if h.as_ref().is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            unhealthy_seen += 1;
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the follower never became healthy again: {}",
+                cluster.nodes[f].stderr_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Healthy means whole: every job whose completion it had acknowledged before the damage.
+        for (n, id) in before.iter().enumerate() {
+            let r = follower.result("runmesh/echo", id).await;
+            assert_eq!(
+                r.status,
+                200,
+                "{what}: healthy without job {n} of {}: {}",
+                before.len(),
+                r.text()
+            );
+        }
+        // The ones accepted while it was down follow within a heartbeat or two.
+        for id in &ids[before.len()..] {
+            follower.wait_completed("runmesh/echo", id, WAIT).await;
+        }
+        let log = cluster.nodes[f].stderr_all();
+        assert!(
+            log.contains("lost entries this node acknowledged")
+                || log.contains("the Raft store cannot be read"),
+            "{what}: the damage went unreported: {log}"
+        );
+        eprintln!("{what}: healthy after {unhealthy_seen} unhealthy polls");
+        cluster.wait_membership(3, 0, MEMBERSHIP_TIMEOUT).await;
+    }
+}

@@ -134,6 +134,8 @@ impl RaftMesh {
         jl.raft_addr = record.clone();
         jl.bootstrap_single = cfg.bootstrap.is_none();
         jl.held_member = cfg.held_member;
+        // A member that joins through a peer can fetch a log it cannot read back from the others.
+        jl.refetch_unreadable = cfg.held_member && cfg.bootstrap.is_some();
         jl.heartbeat_ms = cfg.timing.heartbeat_ms;
         jl.election_timeout_ms = (
             cfg.timing.election_timeout_min_ms,
