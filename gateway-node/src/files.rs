@@ -41,6 +41,9 @@ pub enum FileError {
     BadRequest(String),
     #[error("file store: {0}")]
     Internal(String),
+    /// The node is short of disk: 507 Insufficient Storage.
+    #[error("{0}")]
+    Full(String),
 }
 
 /// Where a file is and what it is, as the job table knows it.
@@ -310,6 +313,9 @@ fn file_error(e: FileError) -> Response {
             &json!({ "detail": format!("File not available from any node: {m}") }),
         ),
         FileError::Internal(m) => ApiError::Internal(m).into_response(),
+        FileError::Full(m) => {
+            json_response(StatusCode::INSUFFICIENT_STORAGE, &json!({ "detail": m }))
+        }
     }
 }
 

@@ -39,6 +39,28 @@ pub const DEFAULT_SWEEP_MS: u64 = 2_000;
 pub const DEFAULT_GC_MS: u64 = 10_000;
 /// Largest upload accepted: 16 GiB.
 pub const DEFAULT_UPLOAD_MAX_BYTES: u64 = 16 << 30;
+pub const DEFAULT_DISK_FREE_FLOOR_BYTES: u64 = 1 << 30;
+/// An upload in progress looks at the free space again after every this many bytes.
+const DISK_CHECK_EVERY_BYTES: u64 = 64 << 20;
+
+/// Free bytes for unprivileged writers on the file system holding `path` (`None`: unknown).
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Why storing `more` bytes under `path` is refused, when it would leave less than `floor` free.
+fn short_of_disk(path: &std::path::Path, floor: u64, more: u64) -> Option<String> {
+    let free = free_bytes(path)?;
+    (free.saturating_sub(more) < floor).then(|| {
+        format!(
+            "Insufficient storage: this node keeps {} MiB of disk free and has {} MiB; try again \
+             later or on another node",
+            floor >> 20,
+            free >> 20
+        )
+    })
+}
 /// A blob that no job names yet (an output whose completion is not committed yet) keeps its pin
 /// this long.
 pub const UNNAMED_GRACE_MS: u64 = 10 * 60 * 1000;
@@ -61,6 +83,9 @@ pub struct ArtifactsConfig {
     /// How long a blob no job names yet keeps its pin.
     pub unnamed_grace_ms: u64,
     pub upload_max_bytes: u64,
+    /// Free space the blob store's disk keeps: uploads and output files that would go below it
+    /// are refused.
+    pub disk_free_floor_bytes: u64,
 }
 
 impl Default for ArtifactsConfig {
@@ -73,6 +98,7 @@ impl Default for ArtifactsConfig {
             gc_ms: DEFAULT_GC_MS,
             unnamed_grace_ms: UNNAMED_GRACE_MS,
             upload_max_bytes: DEFAULT_UPLOAD_MAX_BYTES,
+            disk_free_floor_bytes: DEFAULT_DISK_FREE_FLOOR_BYTES,
         }
     }
 }
@@ -533,6 +559,11 @@ impl FileSink for Sink {
     ) -> BoxFuture<'static, Result<(FileRef, String), String>> {
         let a = self.0.clone();
         async move {
+            let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+            if let Some(why) = short_of_disk(a.blobs.root(), a.cfg.disk_free_floor_bytes, size) {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(format!("the output file {file_name} was not kept. {why}"));
+            }
             let now = a.clock.now_ms();
             let res = a
                 .blobs
@@ -625,19 +656,36 @@ impl FileStore for Store {
     ) -> BoxFuture<'_, Result<FileRef, FileError>> {
         async move {
             let max = self.0.cfg.upload_max_bytes;
+            let (root, floor) = (
+                self.0.blobs.root().to_path_buf(),
+                self.0.cfg.disk_free_floor_bytes,
+            );
+            if let Some(why) = short_of_disk(&root, floor, 0) {
+                return Err(FileError::Full(why));
+            }
+            let full: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+            let full_seen = full.clone();
             // iroh's import wants a Sync stream: feed it through a channel.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
             let pump = tokio::spawn(async move {
                 let mut body = body;
                 let mut total = 0u64;
+                let mut checked_at = 0u64;
                 while let Some(item) = body.next().await {
                     let item = item.and_then(|b| {
                         total += b.len() as u64;
                         if total > max {
-                            Err(std::io::Error::other(format!("upload over {max} bytes")))
-                        } else {
-                            Ok(b)
+                            return Err(std::io::Error::other(format!("upload over {max} bytes")));
                         }
+                        if total - checked_at >= DISK_CHECK_EVERY_BYTES {
+                            checked_at = total;
+                            if let Some(why) = short_of_disk(&root, floor, 0) {
+                                *full_seen.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(why.clone());
+                                return Err(std::io::Error::other(why));
+                            }
+                        }
+                        Ok(b)
                     });
                     let stop = item.is_err();
                     if tx.send(item).await.is_err() || stop {
@@ -656,6 +704,9 @@ impl FileStore for Store {
                 .import_stream(stream, |h| upload_pin(h, expiry))
                 .await;
             let within_limit = pump.await.unwrap_or(false);
+            if let Some(why) = full.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(FileError::Full(why));
+            }
             if !within_limit {
                 return Err(FileError::BadRequest(format!(
                     "The upload is larger than {max} bytes"

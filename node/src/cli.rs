@@ -281,6 +281,10 @@ pub struct NodeArgs {
     /// Largest upload to /storage/upload in bytes [default: 17179869184].
     #[arg(long, value_name = "BYTES", env = "RUNMESH_UPLOAD_LIMIT")]
     pub upload_limit_bytes: Option<u64>,
+    /// Free disk (MiB) the data dir keeps: below it, uploads answer 507 and jobs' output files are
+    /// refused [default: 1024].
+    #[arg(long, value_name = "MB", env = "RUNMESH_DISK_FREE_FLOOR_MB")]
+    pub disk_free_floor_mb: Option<u64>,
 }
 
 impl NodeArgs {
@@ -341,6 +345,7 @@ impl NodeArgs {
             artifact_gc_ms: self.artifact_gc_ms,
             artifact_unnamed_grace_ms: self.artifact_unnamed_grace_ms,
             upload_limit_bytes: self.upload_limit_bytes,
+            disk_free_floor_mb: self.disk_free_floor_mb,
         }
     }
 }

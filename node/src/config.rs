@@ -151,6 +151,9 @@ pub struct ConfigFile {
     pub artifact_unnamed_grace_ms: Option<u64>,
     /// Largest upload (`POST /storage/upload`), in bytes [default: 16 GiB].
     pub upload_limit_bytes: Option<u64>,
+    /// Uploads and job output files are refused while the data dir's disk has less free space
+    /// than this, in MiB [default: 1024].
+    pub disk_free_floor_mb: Option<u64>,
 }
 
 /// A secret string: never printed by `Debug`.
@@ -237,6 +240,7 @@ impl ConfigFile {
                 .artifact_unnamed_grace_ms
                 .or(self.artifact_unnamed_grace_ms),
             upload_limit_bytes: other.upload_limit_bytes.or(self.upload_limit_bytes),
+            disk_free_floor_mb: other.disk_free_floor_mb.or(self.disk_free_floor_mb),
         }
     }
 }
@@ -538,6 +542,11 @@ impl NodeConfig {
             upload_max_bytes: c
                 .upload_limit_bytes
                 .unwrap_or(art_defaults.upload_max_bytes),
+            disk_free_floor_bytes: c
+                .disk_free_floor_mb
+                .map_or(art_defaults.disk_free_floor_bytes, |mb| {
+                    mb.saturating_mul(1 << 20)
+                }),
         };
         let cfg = Self {
             data_dir,

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
+const TEN_YEARS_MS: &str = "315360000000";
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/datadir-v1")
@@ -71,11 +72,24 @@ async fn a_version_1_data_dir_loads_with_everything_in_it() {
     // Held, so the queued job is seen queued before it runs.
     let hold = tempfile::NamedTempFile::new().expect("hold file");
     let opts = NodeOpts {
-        extra_args: vec![
-            "--require-auth".into(),
-            "--dispatch-hold-file".into(),
-            hold.path().display().to_string(),
-        ],
+        // The fixture's jobs finished when it was made: keep results and files for years, and
+        // collect no garbage while the test reads, so what is checked does not depend on the
+        // fixture's age (retention itself is tested elsewhere).
+        extra_args: [
+            "--require-auth",
+            "--dispatch-hold-file",
+            &hold.path().display().to_string(),
+            "--result-retention-ms",
+            TEN_YEARS_MS,
+            "--large-result-retention-ms",
+            TEN_YEARS_MS,
+            "--artifact-ttl-s",
+            "315360000",
+            "--artifact-gc-ms",
+            "3600000",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..NodeOpts::default()
     };
     let node = Node::start_on_copy(&fixture(), opts);
