@@ -663,36 +663,35 @@ impl FileStore for Store {
             if let Some(why) = short_of_disk(&root, floor, 0) {
                 return Err(FileError::Full(why));
             }
-            let full: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-            let full_seen = full.clone();
-            // iroh's import wants a Sync stream: feed it through a channel.
+            // iroh's import wants a Sync stream: feed it through a channel. The pump ends the
+            // stream with an error when the upload must be refused, and returns why.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+            let too_large =
+                move || FileError::BadRequest(format!("The upload is larger than {max} bytes"));
             let pump = tokio::spawn(async move {
                 let mut body = body;
-                let mut total = 0u64;
-                let mut checked_at = 0u64;
+                let (mut total, mut checked_at) = (0u64, 0u64);
                 while let Some(item) = body.next().await {
+                    let mut refused = None;
                     let item = item.and_then(|b| {
                         total += b.len() as u64;
                         if total > max {
-                            return Err(std::io::Error::other(format!("upload over {max} bytes")));
-                        }
-                        if total - checked_at >= DISK_CHECK_EVERY_BYTES {
+                            refused = Some(too_large());
+                        } else if total - checked_at >= DISK_CHECK_EVERY_BYTES {
                             checked_at = total;
-                            if let Some(why) = short_of_disk(&root, floor, 0) {
-                                *full_seen.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(why.clone());
-                                return Err(std::io::Error::other(why));
-                            }
+                            refused = short_of_disk(&root, floor, 0).map(FileError::Full);
                         }
-                        Ok(b)
+                        match &refused {
+                            Some(e) => Err(std::io::Error::other(e.to_string())),
+                            None => Ok(b),
+                        }
                     });
                     let stop = item.is_err();
                     if tx.send(item).await.is_err() || stop {
-                        return total <= max;
+                        return refused.map_or(Ok(()), Err);
                     }
                 }
-                true
+                Ok(())
             });
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
@@ -703,15 +702,7 @@ impl FileStore for Store {
                 .blobs
                 .import_stream(stream, |h| upload_pin(h, expiry))
                 .await;
-            let within_limit = pump.await.unwrap_or(false);
-            if let Some(why) = full.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(FileError::Full(why));
-            }
-            if !within_limit {
-                return Err(FileError::BadRequest(format!(
-                    "The upload is larger than {max} bytes"
-                )));
-            }
+            pump.await.unwrap_or_else(|_| Err(too_large()))?;
             let (hash, size) =
                 res.map_err(|e| FileError::BadRequest(format!("upload failed: {e}")))?;
             Ok(FileRef {

@@ -139,10 +139,20 @@ pub fn read_mark(data_dir: &Path) -> Result<Option<MemberMark>, DataDirError> {
 
 /// Writes the marker atomically and durably (a crash leaves the old file or the new one).
 pub fn write_mark(data_dir: &Path, mark: &MemberMark) -> Result<(), DataDirError> {
+    write_json_durably(data_dir, MEMBER_FILE, mark)
+}
+
+/// Writes `<data_dir>/<name>` as JSON atomically and durably: a crash leaves the old file or the
+/// new one.
+pub fn write_json_durably(
+    data_dir: &Path,
+    name: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), DataDirError> {
     use std::io::Write as _;
-    let path = data_dir.join(MEMBER_FILE);
-    let tmp = data_dir.join(format!("{MEMBER_FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(mark).map_err(|e| io_err(&path, e))?;
+    let path = data_dir.join(name);
+    let tmp = data_dir.join(format!("{name}.tmp"));
+    let text = serde_json::to_vec_pretty(value).map_err(|e| io_err(&path, e))?;
     let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     f.write_all(&text).map_err(|e| io_err(&tmp, e))?;
     f.sync_all().map_err(|e| io_err(&tmp, e))?;

@@ -139,26 +139,16 @@ pub fn prepare_with(
 
 /// Writes the mark atomically and durably (a crash leaves the old file or the new one).
 pub fn write(data_dir: &Path, format: u32) -> Result<(), FormatError> {
-    use std::io::Write as _;
-    let path = data_dir.join(FORMAT_FILE);
-    let tmp = data_dir.join(format!("{FORMAT_FILE}.tmp"));
-    let err = |p: &Path, e: &dyn std::fmt::Display| FormatError::Unreadable {
-        path: p.to_path_buf(),
-        msg: e.to_string(),
-    };
     let mark = FormatMark {
         format,
         written_by: format!("runmesh {}", env!("CARGO_PKG_VERSION")),
     };
-    let text = serde_json::to_vec_pretty(&mark).map_err(|e| err(&path, &e))?;
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, &e))?;
-    f.write_all(&text).map_err(|e| err(&tmp, &e))?;
-    f.sync_all().map_err(|e| err(&tmp, &e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(&path, &e))?;
-    if let Ok(dir) = std::fs::File::open(data_dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::datadir::write_json_durably(data_dir, FORMAT_FILE, &mark).map_err(|e| {
+        FormatError::Unreadable {
+            path: e.path,
+            msg: e.msg,
+        }
+    })
 }
 
 #[cfg(test)]

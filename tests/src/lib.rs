@@ -129,6 +129,22 @@ pub fn refused_start(data_dir: &Path) -> String {
     }
 }
 
+/// Every entry under `root` (and `root`), with what `lstat` says of it.
+pub fn tree(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut all = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                pending.push(e.expect("entry").path());
+            }
+        }
+        all.push((p, meta));
+    }
+    all
+}
+
 /// Copies the directory tree `src` to `dst` (created when missing).
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).expect("mkdir");
@@ -787,6 +803,29 @@ impl Api {
         parse_submitted(&r.json()).unwrap_or_else(|e| panic!("submit {model}: {e}"))
     }
 
+    /// One queue submit that may fail (a node down or restarting): the request id of a 200, or
+    /// what came back instead. A 200 without a request id fails the test.
+    pub async fn try_submit(&self, model: &str, input: &Value) -> Result<String, String> {
+        let r = self
+            .try_send(
+                Method::POST,
+                &format!("/queue/{model}"),
+                &[("content-type", "application/json")],
+                Some(input.to_string().into_bytes()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("{} {}", r.status, r.text()));
+        }
+        let id = r.json()["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!id.is_empty(), "200 without a request id: {}", r.text());
+        Ok(id)
+    }
+
     pub fn request_path(app: &str, id: &str) -> String {
         format!("/queue/{app}/requests/{id}")
     }
@@ -850,7 +889,6 @@ impl Api {
         panic!("{what}: request {id} not reached within {timeout:?}; last status: {last}");
     }
 
-    /// Waits for COMPLETED and returns the status body.
     /// Polls `GET /admin/webhooks/failed` as the ADMIN key `admin` until it lists a delivery
     /// (bounded: 200 tries, 50 ms apart); returns the last listing.
     pub async fn wait_failed_webhooks(&self, admin: &str) -> Value {
@@ -874,6 +912,7 @@ impl Api {
         listed
     }
 
+    /// Waits for COMPLETED and returns the status body.
     pub async fn wait_completed(&self, app: &str, id: &str, timeout: Duration) -> Value {
         self.wait_status(app, id, false, timeout, "COMPLETED", |s| {
             s["status"] == "COMPLETED"

@@ -51,23 +51,9 @@ async fn killing_the_leader_mid_burst_loses_no_acknowledged_job() {
                 // Round-robin over every node, the leader included (until it dies).
                 let api = &apis[(t + i) % apis.len()];
                 let input = json!({"t": t, "i": i});
-                let body = input.to_string().into_bytes();
                 let sent_ms = epoch.elapsed().as_millis() as u64;
-                let r = api
-                    .try_send(
-                        reqwest::Method::POST,
-                        "/queue/runmesh/echo",
-                        &[("content-type", "application/json")],
-                        Some(body),
-                    )
-                    .await;
-                match r {
-                    Ok(r) if r.status == 200 => {
-                        let id = r.json()["request_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        assert!(!id.is_empty(), "200 without a request id: {}", r.text());
+                match api.try_submit("runmesh/echo", &input).await {
+                    Ok(id) => {
                         let dup = acked.lock().unwrap().insert(id.clone(), input);
                         assert!(dup.is_none(), "request id {id} acknowledged twice");
                         if sent_ms >= killed_at_ms.load(Ordering::Acquire) {
@@ -76,7 +62,7 @@ async fn killing_the_leader_mid_burst_loses_no_acknowledged_job() {
                         }
                     }
                     // Refused or unreachable: not acknowledged, so no promise was made.
-                    _ => {
+                    Err(_) => {
                         failures += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }

@@ -29,28 +29,9 @@ async fn submit_acknowledged(apis: &[Api], input: &Value, bound: Duration) -> St
     loop {
         let api = &apis[attempt % apis.len()];
         attempt += 1;
-        let r = api
-            .try_send(
-                reqwest::Method::POST,
-                "/queue/runmesh/echo",
-                &[("content-type", "application/json")],
-                Some(input.to_string().into_bytes()),
-            )
-            .await;
-        match r {
-            Ok(r) if r.status == 200 => {
-                let id = r.json()["request_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                assert!(!id.is_empty(), "200 without a request id: {}", r.text());
-                return id;
-            }
-            other => {
-                let seen = match other {
-                    Ok(r) => format!("{} {}", r.status, r.text()),
-                    Err(e) => e.to_string(),
-                };
+        match api.try_submit("runmesh/echo", input).await {
+            Ok(id) => return id,
+            Err(seen) => {
                 assert!(
                     Instant::now() < deadline,
                     "no submit acknowledged within {bound:?}; last answer: {seen}"

@@ -38,26 +38,16 @@ async fn a_rolling_restart_keeps_the_mesh_accepting_and_loses_nothing() {
                     break;
                 }
                 let input = json!({"i": i});
-                let r = apis[i % apis.len()]
-                    .try_send(
-                        reqwest::Method::POST,
-                        "/queue/runmesh/echo",
-                        &[("content-type", "application/json")],
-                        Some(input.to_string().into_bytes()),
-                    )
-                    .await;
-                match r {
-                    Ok(r) if r.status == 200 => {
-                        let id = r.json()["request_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        assert!(!id.is_empty(), "200 without a request id: {}", r.text());
+                match apis[i % apis.len()]
+                    .try_submit("runmesh/echo", &input)
+                    .await
+                {
+                    Ok(id) => {
                         acked.lock().expect("acked").insert(id, input);
                         ack_times.lock().expect("times").push(Instant::now());
                     }
                     // Refused or unreachable (the node is restarting): no promise was made.
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -1,31 +1,14 @@
 //! Secrets stay the node's: its data dir is private to its user, old data dirs included.
 
-use std::fs::Metadata;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use runmesh_tests::Node;
 use serde_json::json;
 
-/// Every entry under `root` (and `root`), with what `lstat` says of it.
-fn entries(root: &Path) -> Vec<(PathBuf, Metadata)> {
-    let mut all = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(p) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&p).expect("stat");
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p).expect("read_dir") {
-                pending.push(e.expect("entry").path());
-            }
-        }
-        all.push((p, meta));
-    }
-    all
-}
-
 /// Every entry under `root` that another user could read, enter or write, with its mode.
 fn readable_by_others(root: &Path) -> Vec<String> {
-    entries(root)
+    runmesh_tests::tree(root)
         .into_iter()
         .filter_map(|(p, meta)| {
             let mode = meta.permissions().mode() & 0o777;
@@ -59,7 +42,7 @@ async fn the_data_dir_is_private_even_when_an_older_node_left_it_open() {
 
     // As an older runmesh left it: everything world-readable.
     node.kill9();
-    for (p, meta) in entries(&data) {
+    for (p, meta) in runmesh_tests::tree(&data) {
         if !meta.file_type().is_symlink() {
             let mode = if meta.is_dir() { 0o755 } else { 0o644 };
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");

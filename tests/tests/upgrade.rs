@@ -191,22 +191,16 @@ fn a_data_dir_of_a_newer_format_is_refused_and_left_as_it_was() {
     assert_eq!(listing(&data), before, "the refused start changed the dir");
 }
 
-/// Every file under `dir` with its length and content digest.
+/// Every file under `dir` with its content digest.
 fn listing(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let entry = entry.expect("entry");
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).expect("read");
-                out.push((path, format!("{:x}", Sha256::digest(&bytes))));
-            }
-        }
-    }
+    let mut out: Vec<(PathBuf, String)> = runmesh_tests::tree(dir)
+        .into_iter()
+        .filter(|(_, meta)| meta.is_file())
+        .map(|(path, _)| {
+            let bytes = std::fs::read(&path).expect("read");
+            (path, format!("{:x}", Sha256::digest(&bytes)))
+        })
+        .collect();
     out.sort();
     out
 }

@@ -829,6 +829,25 @@ mod tests {
         }
     }
 
+    /// A one-member job log on `quic`, its Raft RPCs over it.
+    async fn lone_log(
+        dir: &std::path::Path,
+        id: &NodeIdentity,
+        quic: &Arc<QuicRaft>,
+        raft_addr: String,
+    ) -> JobLog {
+        let mut cfg = JobLogConfig::single_node(dir.join("raft"));
+        cfg.node_id = id.raft_node_id();
+        cfg.raft_addr = raft_addr;
+        JobLog::open(
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(QuicTransport(quic.clone())),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Nodes that share no Raft protocol version refuse each other with a sentence saying so;
     /// a node that also speaks the older version talks to an old one (a rolling upgrade).
     #[tokio::test]
@@ -837,15 +856,7 @@ mod tests {
         let old_id = NodeIdentity::generate().unwrap();
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let old = QuicRaft::bind_speaking(&old_id, local, &[b"runmesh-raft/1"]).unwrap();
-        let mut cfg = JobLogConfig::single_node(dir.path().join("raft"));
-        cfg.node_id = old_id.raft_node_id();
-        let joblog = JobLog::open(
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(QuicTransport(old.clone())),
-        )
-        .await
-        .unwrap();
+        let joblog = lone_log(dir.path(), &old_id, &old, String::new()).await;
         old.serve(
             joblog.clone(),
             Arc::new(Admission::new(None, old_id.public_key_bytes())),
@@ -884,16 +895,7 @@ mod tests {
         let a = QuicRaft::bind(&a_id, local).unwrap();
         let a_addr = a.local_addr().unwrap();
         let a_record = record(&a_id, a_addr).to_addr_string();
-        let mut cfg = JobLogConfig::single_node(dir.path().join("raft"));
-        cfg.node_id = a_id.raft_node_id();
-        cfg.raft_addr = a_record.clone();
-        let joblog = JobLog::open(
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(QuicTransport(a.clone())),
-        )
-        .await
-        .unwrap();
+        let joblog = lone_log(dir.path(), &a_id, &a, a_record.clone()).await;
         assert!(joblog.wait_healthy(Duration::from_secs(10)).await);
         let secret = ClusterSecret::new("s3cret");
         a.serve(
