@@ -236,6 +236,10 @@ pub struct NodeArgs {
         hide = true
     )]
     pub raft_eager_campaign: Option<bool>,
+    /// A voter campaigns only once a majority of voters agree that no leader is heard (pre-vote)
+    /// [default: true]; `false` leaves elections to openraft's timer (benchmarks compare both).
+    #[arg(long, value_name = "BOOL", env = "RUNMESH_RAFT_PRE_VOTE", hide = true)]
+    pub raft_pre_vote: Option<bool>,
     /// While this file exists, this node places no queued jobs when it leads (they keep queueing
     /// and run once it is removed): a hold on the queue for maintenance. Give every voter the same.
     #[arg(long, value_name = "FILE", env = "RUNMESH_DISPATCH_HOLD_FILE")]
@@ -335,6 +339,7 @@ impl NodeArgs {
             raft_election_timeout_min_ms: self.raft_election_timeout_min_ms,
             raft_election_timeout_max_ms: self.raft_election_timeout_max_ms,
             raft_eager_campaign: self.raft_eager_campaign,
+            raft_pre_vote: self.raft_pre_vote,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
             place_at_submit: self.place_at_submit,
             blob: self.blob,

@@ -130,6 +130,8 @@ pub struct ConfigFile {
     pub raft_election_timeout_max_ms: Option<u64>,
     /// A follower refusing a shorter-log candidate after the leader lease campaigns at once.
     pub raft_eager_campaign: Option<bool>,
+    /// A voter campaigns only once a majority agrees that no leader is heard [default: true].
+    pub raft_pre_vote: Option<bool>,
     /// While this file exists, this node (when it leads) places no queued jobs.
     pub dispatch_hold_file: Option<PathBuf>,
     /// Place a job in the entry that submits it when a node has room [default: true].
@@ -228,6 +230,7 @@ impl ConfigFile {
                 .raft_election_timeout_max_ms
                 .or(self.raft_election_timeout_max_ms),
             raft_eager_campaign: other.raft_eager_campaign.or(self.raft_eager_campaign),
+            raft_pre_vote: other.raft_pre_vote.or(self.raft_pre_vote),
             dispatch_hold_file: other.dispatch_hold_file.or(self.dispatch_hold_file),
             place_at_submit: other.place_at_submit.or(self.place_at_submit),
             blob: other.blob.or(self.blob),
@@ -291,6 +294,8 @@ pub struct RaftTiming {
     pub election_timeout_max_ms: u64,
     /// See `runmesh_raft::JobLogConfig::eager_campaign` [default: true].
     pub eager_campaign: bool,
+    /// See `runmesh_raft::JobLogConfig::pre_vote` [default: true].
+    pub pre_vote: bool,
 }
 
 impl Default for RaftTiming {
@@ -318,6 +323,7 @@ impl RaftTiming {
             election_timeout_min_ms: min,
             election_timeout_max_ms: max,
             eager_campaign: true,
+            pre_vote: true,
         }
     }
 
@@ -590,6 +596,7 @@ impl NodeConfig {
             pool: c.models.map(Into::into).unwrap_or_default(),
             raft_timing: RaftTiming {
                 eager_campaign: c.raft_eager_campaign.unwrap_or(true),
+                pre_vote: c.raft_pre_vote.unwrap_or(true),
                 ..RaftTiming::from_keys(
                     c.raft_heartbeat_ms,
                     c.raft_election_timeout_min_ms,

@@ -18,6 +18,7 @@ use crate::acknowledged::{Recorder, Verdict};
 use crate::election::EagerCampaign;
 use crate::jobs::JobTable;
 use crate::placement::{Placing, SubmitPlacer};
+use crate::pre_vote::PreVote;
 use crate::state::ClusterState;
 use crate::store::{LogStore, MachineState, StateMachine, Store};
 use crate::transport::{
@@ -59,6 +60,10 @@ pub struct JobLogConfig {
     /// whole lease, campaigns at once ([`crate::election`]); `false` leaves elections to
     /// openraft's timers alone (benchmarks compare both).
     pub eager_campaign: bool,
+    /// A voter campaigns only after a majority of voters agree that no leader is heard
+    /// ([`crate::pre_vote`]), so a node coming back from a cut cannot unseat a healthy leader;
+    /// `false` leaves elections to openraft's own timer (benchmarks and the simulator compare).
+    pub pre_vote: bool,
     /// How long one snapshot chunk may take to reach a follower; a follower farther than that
     /// round trip would restart the install forever.
     pub install_snapshot_timeout_ms: u64,
@@ -104,6 +109,7 @@ impl JobLogConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
             eager_campaign: true,
+            pre_vote: true,
             // openraft's default; a lone node sends no snapshots.
             install_snapshot_timeout_ms: 200,
             refetch_unreadable: false,
@@ -182,6 +188,7 @@ struct Inner {
     stopped: AtomicBool,
     placing: Placing,
     eager: Option<EagerCampaign>,
+    pre_vote: Arc<PreVote>,
     /// The log lost entries this node acknowledged and has not got them back yet: it grants no
     /// vote and reports itself unhealthy.
     recovering: Arc<AtomicBool>,
@@ -303,6 +310,8 @@ impl JobLog {
             install_snapshot_timeout: cfg.install_snapshot_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 1_000,
+            // With pre-vote, PreVote::run is the election timer.
+            enable_elect: !cfg.pre_vote,
             ..Default::default()
         }
         .validate()
@@ -372,6 +381,14 @@ impl JobLog {
             let _ = raft.trigger().elect().await;
         }
 
+        let pre_vote = Arc::new(PreVote::new(cfg.election_timeout_ms, recovering.clone()));
+        if cfg.pre_vote {
+            tokio::spawn(
+                pre_vote
+                    .clone()
+                    .run(raft.clone(), cfg.node_id, transport.clone()),
+            );
+        }
         let placing = Placing::new(state.clone(), clock.clone());
         let (proposals, run) = Proposer::new(
             raft.clone(),
@@ -400,6 +417,7 @@ impl JobLog {
                 eager: cfg.eager_campaign.then(|| {
                     EagerCampaign::new(cfg.election_timeout_ms.1, cfg.election_timeout_ms.0)
                 }),
+                pre_vote,
                 recovering,
             }),
         })
@@ -556,11 +574,15 @@ impl JobLog {
                     });
                 encode(codec::encode(&refused))
             }
-            RpcKind::AppendEntries | RpcKind::Vote | RpcKind::InstallSnapshot => {
+            RpcKind::AppendEntries
+            | RpcKind::Vote
+            | RpcKind::InstallSnapshot
+            | RpcKind::PreVote => {
                 let clock = &self.inner.clock;
                 serve_openraft_rpc(
                     raft,
                     self.inner.eager.as_ref(),
+                    &self.inner.pre_vote,
                     || clock.now_ms(),
                     kind,
                     payload,

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod keys;
 pub mod memstore;
 pub mod placement;
+pub mod pre_vote;
 pub mod runtime;
 pub mod state;
 pub mod store;

@@ -19,6 +19,7 @@ use runmesh_proto::{codec, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::election::EagerCampaign;
+use crate::pre_vote::{PreVote, PreVoteRequest};
 use crate::types::{Raft, TypeConfig};
 
 /// Which Raft RPC a payload carries.
@@ -30,6 +31,9 @@ pub enum RpcKind {
     /// A follower forwarding client writes to the leader: the payload is a `Vec<Command>`, the
     /// reply a [`ForwardResult`].
     Propose,
+    /// "Would you vote for me?" ([`crate::pre_vote`]): a [`PreVoteRequest`], answered with a
+    /// [`crate::pre_vote::PreVoteResponse`]. Last, so the older kinds keep their wire numbers.
+    PreVote,
 }
 
 /// What the leader answers to a forwarded [`RpcKind::Propose`].
@@ -168,14 +172,16 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// Serves one of openraft's own RPCs (AppendEntries, Vote, InstallSnapshot) on `raft`: decode,
-/// hand over, encode the reply (errors included, so the sender sees them as remote errors).
-/// [`RpcKind::Propose`] belongs to the job log and is refused here. The node
+/// Serves one of openraft's own RPCs (AppendEntries, Vote, InstallSnapshot) or a pre-vote on
+/// `raft`: decode, hand over, encode the reply (errors included, so the sender sees them as remote
+/// errors). [`RpcKind::Propose`] belongs to the job log and is refused here. The node
 /// ([`crate::JobLog::handle_rpc`]) and the simulator both answer peers through this, with the
 /// eager campaign of [`crate::election`] when `eager` is given; `now_ms` is the node's clock.
+/// `pre_vote` hears of every leader contact and vote granted, which its timer waits on.
 pub async fn serve_openraft_rpc(
     raft: &Raft,
     eager: Option<&EagerCampaign>,
+    pre_vote: &PreVote,
     now_ms: impl Fn() -> u64,
     kind: RpcKind,
     payload: &[u8],
@@ -186,8 +192,11 @@ pub async fn serve_openraft_rpc(
             let resp = raft.append_entries(req).await;
             let from_leader =
                 matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_)));
-            if let (true, Some(eager)) = (from_leader, eager) {
-                eager.leader_heard(now_ms());
+            if from_leader {
+                pre_vote.leader_heard();
+                if let Some(eager) = eager {
+                    eager.leader_heard(now_ms());
+                }
             }
             codec::encode(&resp)
         }
@@ -195,6 +204,9 @@ pub async fn serve_openraft_rpc(
             let req: VoteRequest<NodeId> = codec::decode(payload)?;
             let candidate_last_log = req.last_log_id;
             let resp = raft.vote(req).await;
+            if matches!(&resp, Ok(r) if r.vote_granted) {
+                pre_vote.reset_timer();
+            }
             // A leader hears no AppendEntries of its own: the lease test means nothing there.
             let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
             if let (Ok(r), Some(eager), false) = (&resp, eager, leading) {
@@ -216,8 +228,18 @@ pub async fn serve_openraft_rpc(
             codec::encode(&resp)
         }
         RpcKind::InstallSnapshot => {
-            let req = codec::decode(payload)?;
-            codec::encode(&raft.install_snapshot(req).await)
+            let req: InstallSnapshotRequest<TypeConfig> = codec::decode(payload)?;
+            let leader_vote = req.vote;
+            let resp = raft.install_snapshot(req).await;
+            // Answered with the sender's own vote: it is the leader this node follows.
+            if matches!(&resp, Ok(r) if r.vote == leader_vote) {
+                pre_vote.leader_heard();
+            }
+            codec::encode(&resp)
+        }
+        RpcKind::PreVote => {
+            let req: PreVoteRequest = codec::decode(payload)?;
+            codec::encode(&pre_vote.answer(raft, &req))
         }
         RpcKind::Propose => Err(runmesh_proto::ProtoError::Codec(
             "a forwarded proposal is the job log's, not an openraft rpc".into(),

@@ -6,6 +6,7 @@
 //! run to the byte. Shared state sits behind `std` mutexes that are never held across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use runmesh_proto::{
 };
 use runmesh_raft::election::EagerCampaign;
 use runmesh_raft::memstore::{ApplyFn, MemDisk, MemLogStore, MemStateMachine};
+use runmesh_raft::pre_vote::PreVote;
 use runmesh_raft::store::MachineState;
 use runmesh_raft::transport::{
     serve_openraft_rpc, ForwardError, ForwardReply, ForwardResult, Network, RaftTransport, RpcKind,
@@ -177,6 +179,8 @@ struct Life {
     raft: Raft,
     /// The node's eager campaign (as `JobLog` keeps one), fresh each start.
     eager: Option<Arc<EagerCampaign>>,
+    /// The node's pre-vote (answers peers always; its timer runs when `cluster.pre_vote`).
+    pre_vote: Arc<PreVote>,
     proposer: Proposer,
     state: Arc<RwLock<MachineState>>,
     tasks: Vec<AbortHandle>,
@@ -476,11 +480,11 @@ impl World {
         kind: RpcKind,
         payload: &[u8],
     ) -> Result<Vec<u8>, TransportError> {
-        let Some((raft, eager)) = self
+        let Some((raft, eager, pre_vote)) = self
             .node(to)
             .life
             .as_ref()
-            .map(|l| (l.raft.clone(), l.eager.clone()))
+            .map(|l| (l.raft.clone(), l.eager.clone(), l.pre_vote.clone()))
         else {
             return Err(TransportError::Unreachable(format!("node {to} is down")));
         };
@@ -488,9 +492,15 @@ impl World {
         let enc = |r: Result<Vec<u8>, runmesh_proto::ProtoError>| r.map_err(bad);
         #[allow(unreachable_patterns)]
         match kind {
-            RpcKind::AppendEntries | RpcKind::Vote | RpcKind::InstallSnapshot => {
+            RpcKind::AppendEntries
+            | RpcKind::Vote
+            | RpcKind::InstallSnapshot
+            | RpcKind::PreVote => {
                 let now = || self.clock(to);
-                enc(serve_openraft_rpc(&raft, eager.as_deref(), now, kind, payload).await)
+                enc(
+                    serve_openraft_rpc(&raft, eager.as_deref(), &pre_vote, now, kind, payload)
+                        .await,
+                )
             }
             RpcKind::Propose => {
                 let cmds: Vec<Command> = codec::decode(payload).map_err(bad)?;
@@ -719,7 +729,7 @@ impl World {
         };
         let (proposer, run_proposer) = Proposer::new(
             raft.clone(),
-            transport,
+            transport.clone(),
             ProposerConfig {
                 node_id: id,
                 batch_max: self.sc.cluster.batch_max,
@@ -729,16 +739,24 @@ impl World {
             },
             None,
         );
-        let tasks = vec![
+        let c = &self.sc.cluster;
+        let pre_vote = Arc::new(PreVote::new(
+            (c.election_timeout_min_ms, c.election_timeout_max_ms),
+            Arc::new(AtomicBool::new(false)),
+        ));
+        let mut tasks = vec![
             tokio::spawn(run_proposer).abort_handle(),
             tokio::spawn(self.clone().advert_loop(id)).abort_handle(),
             tokio::spawn(self.clone().leader_loop(id)).abort_handle(),
             tokio::spawn(self.clone().worker_loop(id)).abort_handle(),
             tokio::spawn(self.clone().watch_metrics(id, raft.clone())).abort_handle(),
         ];
+        if c.pre_vote {
+            let timer = pre_vote.clone().run(raft.clone(), id, transport.clone());
+            tasks.push(tokio::spawn(timer).abort_handle());
+        }
         let mut n = self.node(id);
         n.view = view::ClusterView::new(id, view::ViewConfig::default());
-        let c = &self.sc.cluster;
         let eager = c.eager_campaign.then(|| {
             Arc::new(EagerCampaign::new(
                 c.election_timeout_max_ms,
@@ -748,6 +766,7 @@ impl World {
         n.life = Some(Life {
             raft,
             eager,
+            pre_vote,
             proposer,
             state,
             tasks,
@@ -1770,6 +1789,7 @@ async fn simulate(sc: Scenario, opts: Options) -> RunOutcome {
         install_snapshot_timeout: sc.cluster.install_snapshot_timeout_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(sc.cluster.snapshot_every_entries.max(10)),
         max_in_snapshot_log_to_keep: 500,
+        enable_elect: !sc.cluster.pre_vote,
         ..Default::default()
     }
     .validate();

@@ -142,6 +142,7 @@ impl RaftMesh {
             cfg.timing.election_timeout_max_ms,
         );
         jl.eager_campaign = cfg.timing.eager_campaign;
+        jl.pre_vote = cfg.timing.pre_vote;
         jl.install_snapshot_timeout_ms = cfg.timing.install_snapshot_timeout_ms();
         jl.apply_wait = Duration::from_secs(10);
         // Room for an election plus a retry at the new leader before a client hears 503.

@@ -67,7 +67,7 @@ const SLOW_RPC: Duration = Duration::from_secs(1);
 
 fn rpc_timeout(kind: RpcKind) -> Duration {
     match kind {
-        RpcKind::AppendEntries | RpcKind::Vote => Duration::from_secs(5),
+        RpcKind::AppendEntries | RpcKind::Vote | RpcKind::PreVote => Duration::from_secs(5),
         RpcKind::InstallSnapshot => Duration::from_secs(60),
         RpcKind::Propose => Duration::from_secs(10),
     }

@@ -1,8 +1,8 @@
 //! `runmesh-sim`: runs chaos scenarios on the simulated cluster.
 //!
 //! ```text
-//! runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--out DIR]
-//! runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL]
+//! runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--pre-vote BOOL] [--out DIR]
+//! runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL] [--pre-vote BOOL]
 //! runmesh-sim bench [--nodes 5,50,200] [--virtual-s S]
 //! runmesh-sim lifecycle [--seed N] ...     (the first, single-table simulator)
 //! ```
@@ -17,8 +17,8 @@ use runmesh_simulations::world::{run, Options, RunOutcome};
 use runmesh_simulations::{report, LifecycleScenario};
 
 const USAGE: &str = "usage:
-  runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--out DIR]
-  runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL]
+  runmesh-sim run SCENARIO [--seed N] [--random-faults] [--eager-campaign BOOL] [--pre-vote BOOL] [--out DIR]
+  runmesh-sim sweep SCENARIO --seeds A..B [--random-faults] [--eager-campaign BOOL] [--pre-vote BOOL]
   runmesh-sim bench [--nodes 5,50,200] [--virtual-s S] [--placement-nodes N] [--placement-jobs J]
   runmesh-sim lifecycle [--seed N] [--jobs J] [--workers W] [--crash-per-mille P] [--cancel-per-mille P]";
 
@@ -55,6 +55,8 @@ struct Flags {
     random_faults: bool,
     /// Overrides the scenario's `cluster.eager_campaign`, to compare elections with and without.
     eager_campaign: Option<bool>,
+    /// Overrides the scenario's `cluster.pre_vote`.
+    pre_vote: Option<bool>,
     out: Option<PathBuf>,
     nodes: Vec<usize>,
     virtual_s: Option<f64>,
@@ -69,6 +71,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
         seeds: None,
         random_faults: false,
         eager_campaign: None,
+        pre_vote: None,
         out: None,
         nodes: Vec::new(),
         virtual_s: None,
@@ -105,6 +108,13 @@ fn parse(args: &[String]) -> Result<Flags, String> {
                     value("--eager-campaign")?
                         .parse()
                         .map_err(|_| "--eager-campaign takes true or false")?,
+                )
+            }
+            "--pre-vote" => {
+                f.pre_vote = Some(
+                    value("--pre-vote")?
+                        .parse()
+                        .map_err(|_| "--pre-vote takes true or false")?,
                 )
             }
             "--out" => f.out = Some(PathBuf::from(value("--out")?)),
@@ -155,15 +165,20 @@ fn load(f: &Flags) -> Result<(Scenario, String), String> {
     if let Some(eager) = f.eager_campaign {
         sc.cluster.eager_campaign = eager;
     }
+    if let Some(pre_vote) = f.pre_vote {
+        sc.cluster.pre_vote = pre_vote;
+    }
     Ok((sc, path.clone()))
 }
 
 fn replay(path: &str, seed: u64, f: &Flags) -> String {
     format!(
-        "cargo run -p runmesh-simulations --release --bin runmesh-sim -- run {path} --seed {seed}{}{}",
+        "cargo run -p runmesh-simulations --release --bin runmesh-sim -- run {path} --seed {seed}{}{}{}",
         if f.random_faults { " --random-faults" } else { "" },
         f.eager_campaign
-            .map_or(String::new(), |e| format!(" --eager-campaign {e}"))
+            .map_or(String::new(), |e| format!(" --eager-campaign {e}")),
+        f.pre_vote
+            .map_or(String::new(), |p| format!(" --pre-vote {p}"))
     )
 }
 
