@@ -105,7 +105,7 @@ impl Default for ClusterCfg {
             election_timeout_min_ms: 700,
             election_timeout_max_ms: 1400,
             eager_campaign: true,
-            pre_vote: true,
+            pre_vote: false,
             install_snapshot_timeout_ms: 3000,
             batch_max: 512,
             batches_in_flight_max: 4,

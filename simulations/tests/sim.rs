@@ -157,6 +157,7 @@ fn a_heal_does_not_unseat_a_healthy_leader() {
             .filter_map(|v| v.as_u64())
             .collect()
     };
+    sc.cluster.pre_vote = true;
     let seeds = [1, 9];
     for seed in seeds {
         let after = heals(&sc, seed);
