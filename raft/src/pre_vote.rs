@@ -39,8 +39,6 @@ pub struct PreVoteRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreVoteResponse {
     pub granted: bool,
-    /// The receiver's current term, for the candidate's log line.
-    pub term: u64,
 }
 
 /// What a voter knows of itself when a pre-vote request arrives.
@@ -131,10 +129,7 @@ impl PreVote {
         let since = self.at(&self.leader_heard_ms).elapsed();
         let granted = would_grant(req, &me, since, self.lease);
         tracing::debug!(?req, ?me, ?since, granted, "pre-vote request");
-        PreVoteResponse {
-            granted,
-            term: me.term,
-        }
+        PreVoteResponse { granted }
     }
 
     /// The election timer: runs until `raft` shuts down. Waits what openraft's own timer would
@@ -159,34 +154,29 @@ impl PreVote {
                 retrying = false;
                 continue;
             }
-            let (leading, voters, term) = {
+            let voters: BTreeMap<NodeId, String> = {
                 let m = metrics.borrow_and_update();
                 let membership = m.membership_config.membership();
-                let voters: BTreeMap<NodeId, String> = membership
+                membership
                     .voter_ids()
                     .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
-                    .collect();
-                (
-                    m.state == openraft::ServerState::Leader,
-                    voters,
-                    m.current_term,
-                )
+                    .collect()
             };
-            if leading {
+            let mine = standing(&raft, self.abstaining());
+            if mine.leading {
                 self.leader_heard();
                 retrying = false;
                 continue;
             }
-            if !voters.contains_key(&me) || self.abstaining() {
+            if !voters.contains_key(&me) || mine.abstaining {
                 self.reset_timer();
                 retrying = false;
                 continue;
             }
-            let last_log_id = raft.data_metrics().borrow().last_log;
             let req = PreVoteRequest {
                 candidate: me,
-                term: term + 1,
-                last_log_id,
+                term: mine.term + 1,
+                last_log_id: mine.last_log_id,
             };
             let yes = 1 + poll(&transport, &voters, me, &req, Duration::from_millis(min)).await;
             let majority = voters.len() / 2 + 1;

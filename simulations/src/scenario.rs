@@ -67,7 +67,8 @@ pub struct ClusterCfg {
     /// (`runmesh_raft::election`), as nodes do by default.
     pub eager_campaign: bool,
     /// A voter campaigns only once a majority agrees no leader is heard
-    /// (`runmesh_raft::pre_vote`), as nodes do by default; `false` is openraft's own timer.
+    /// (`runmesh_raft::pre_vote`); off by default, as in the node, until a damaged follower's
+    /// recovery works with it; `false` is openraft's own timer.
     pub pre_vote: bool,
     /// openraft's timeout for one snapshot chunk (a mesh node's: ten heartbeats); a snapshot to
     /// a peer further than that round trip restarts forever.
