@@ -237,8 +237,7 @@ pub struct NodeArgs {
     )]
     pub raft_eager_campaign: Option<bool>,
     /// A voter campaigns only once a majority of voters agree that no leader is heard (pre-vote)
-    /// [default: false until a damaged follower's recovery works with it]; `false` leaves
-    /// elections to openraft's timer.
+    /// [default: true]; `false` leaves elections to openraft's timer.
     #[arg(long, value_name = "BOOL", env = "RUNMESH_RAFT_PRE_VOTE", hide = true)]
     pub raft_pre_vote: Option<bool>,
     /// While this file exists, this node places no queued jobs when it leads (they keep queueing

@@ -294,7 +294,7 @@ pub struct RaftTiming {
     pub election_timeout_max_ms: u64,
     /// See `runmesh_raft::JobLogConfig::eager_campaign` [default: true].
     pub eager_campaign: bool,
-    /// See `runmesh_raft::JobLogConfig::pre_vote` [default: false].
+    /// See `runmesh_raft::JobLogConfig::pre_vote` [default: true].
     pub pre_vote: bool,
 }
 
@@ -323,7 +323,7 @@ impl RaftTiming {
             election_timeout_min_ms: min,
             election_timeout_max_ms: max,
             eager_campaign: true,
-            pre_vote: false,
+            pre_vote: true,
         }
     }
 
@@ -596,7 +596,7 @@ impl NodeConfig {
             pool: c.models.map(Into::into).unwrap_or_default(),
             raft_timing: RaftTiming {
                 eager_campaign: c.raft_eager_campaign.unwrap_or(true),
-                pre_vote: c.raft_pre_vote.unwrap_or(false),
+                pre_vote: c.raft_pre_vote.unwrap_or(true),
                 ..RaftTiming::from_keys(
                     c.raft_heartbeat_ms,
                     c.raft_election_timeout_min_ms,

@@ -109,7 +109,7 @@ impl JobLogConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
             eager_campaign: true,
-            pre_vote: false,
+            pre_vote: true,
             // openraft's default; a lone node sends no snapshots.
             install_snapshot_timeout_ms: 200,
             refetch_unreadable: false,

@@ -67,8 +67,7 @@ pub struct ClusterCfg {
     /// (`runmesh_raft::election`), as nodes do by default.
     pub eager_campaign: bool,
     /// A voter campaigns only once a majority agrees no leader is heard
-    /// (`runmesh_raft::pre_vote`); off by default, as in the node, until a damaged follower's
-    /// recovery works with it; `false` is openraft's own timer.
+    /// (`runmesh_raft::pre_vote`); on by default, as in the node; `false` is openraft's own timer.
     pub pre_vote: bool,
     /// openraft's timeout for one snapshot chunk (a mesh node's: ten heartbeats); a snapshot to
     /// a peer further than that round trip restarts forever.
@@ -106,7 +105,7 @@ impl Default for ClusterCfg {
             election_timeout_min_ms: 700,
             election_timeout_max_ms: 1400,
             eager_campaign: true,
-            pre_vote: false,
+            pre_vote: true,
             install_snapshot_timeout_ms: 3000,
             batch_max: 512,
             batches_in_flight_max: 4,
