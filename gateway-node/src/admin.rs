@@ -229,7 +229,33 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Response {
         Some(c) => (c.0.self_id(), c.0.members()),
         None => (state.joblog.node_id(), Vec::new()),
     };
-    json_response(StatusCode::OK, &cluster_json(self_id, &raft, &members))
+    let mut body = cluster_json(self_id, &raft, &members);
+    add_roster(&mut body, &state.joblog.roster());
+    json_response(StatusCode::OK, &body)
+}
+
+/// The operator's decisions in the view: `draining` on each row, and the removed ids.
+pub fn add_roster(body: &mut Value, roster: &runmesh_raft::roster::RosterTable) {
+    if let Some(rows) = body.get_mut("members").and_then(Value::as_array_mut) {
+        for row in rows {
+            let draining = row
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| id.parse::<NodeId>().ok())
+                .is_some_and(|id| roster.is_draining(id));
+            row["draining"] = json!(draining);
+        }
+    }
+    body["removed"] = roster
+        .removed()
+        .iter()
+        .map(|(id, at_ms)| {
+            json!({
+                "id": node_name(*id),
+                "removed_at": runmesh_proto::time::format_timestamp_ms(*at_ms),
+            })
+        })
+        .collect();
 }
 
 /// The worker a job ran (or runs) on: the current one while running, else the last one assigned.

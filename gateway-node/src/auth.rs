@@ -441,7 +441,8 @@ pub fn need_of(route: &Route) -> Need {
         | Route::AdminKeys
         | Route::AdminKeyRevoke { .. }
         | Route::AdminWebhooksFailed
-        | Route::AdminWebhookRetry { .. } => Need::Admin,
+        | Route::AdminWebhookRetry { .. }
+        | Route::AdminNode { .. } => Need::Admin,
         Route::Realtime { .. }
         | Route::RunStream { .. }
         | Route::Run { .. }

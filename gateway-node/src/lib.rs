@@ -11,6 +11,7 @@
 
 mod admin;
 mod admin_keys;
+mod admin_nodes;
 pub mod auth;
 pub mod errors;
 pub mod files;
@@ -313,6 +314,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Route::AdminKeyRevoke { key_id } => admin_keys::revoke(&state, &key_id).await,
         Route::AdminWebhooksFailed => admin_keys::failed_webhooks(&state),
         Route::AdminWebhookRetry { id } => admin_keys::retry_webhook(&state, &id).await,
+        Route::AdminNode { id, action } => admin_nodes::act(&state, &id, action).await,
         // Served by its own axum route; reaching here means the method was wrong.
         Route::AdminCluster => ApiError::MethodNotAllowed { allow: "GET" }.into_response(),
         Route::Realtime { model } => realtime::upgrade(&state, &caller, model, req).await,

@@ -117,6 +117,15 @@ fn is_plausible_host(h: &str) -> bool {
         })
 }
 
+/// What an operator does to a member (`/admin/nodes/...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeAction {
+    Drain,
+    Undrain,
+    Remove,
+    Readmit,
+}
+
 /// A fal operation, decided from method and path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -136,6 +145,11 @@ pub enum Route {
     },
     /// `GET /admin/webhooks/failed`.
     AdminWebhooksFailed,
+    /// `POST /admin/nodes/{id}/drain|undrain|readmit`, `DELETE /admin/nodes/{id}` (remove).
+    AdminNode {
+        id: String,
+        action: NodeAction,
+    },
     /// `POST /admin/webhooks/{request_id}/retry`.
     AdminWebhookRetry {
         id: String,
@@ -256,6 +270,33 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
                     key_id: key_id.to_string(),
                 },
             )
+        }
+        ["admin", "nodes", id] => {
+            return only(
+                method,
+                &Method::DELETE,
+                "DELETE",
+                Route::AdminNode {
+                    id: id.to_string(),
+                    action: NodeAction::Remove,
+                },
+            )
+        }
+        ["admin", "nodes", id, verb @ ("drain" | "undrain" | "readmit")] => {
+            let action = match *verb {
+                "drain" => NodeAction::Drain,
+                "undrain" => NodeAction::Undrain,
+                _ => NodeAction::Readmit,
+            };
+            return only(
+                method,
+                &Method::POST,
+                "POST",
+                Route::AdminNode {
+                    id: id.to_string(),
+                    action,
+                },
+            );
         }
         ["admin", "webhooks", "failed"] => {
             return only(method, &Method::GET, "GET", Route::AdminWebhooksFailed)
@@ -752,6 +793,24 @@ mod tests {
         assert_eq!(split_surface(Some("ws.localhost:1"), "/a/b").0, Surface::Ws);
         assert_eq!(sync(Method::POST, "/tokens/"), Route::Tokens);
         assert_eq!(sync(Method::POST, "/admin/keys"), Route::AdminKeys);
+        assert_eq!(
+            sync(Method::POST, "/admin/nodes/12/drain"),
+            Route::AdminNode {
+                id: "12".into(),
+                action: NodeAction::Drain
+            }
+        );
+        assert_eq!(
+            sync(Method::DELETE, "/admin/nodes/12"),
+            Route::AdminNode {
+                id: "12".into(),
+                action: NodeAction::Remove
+            }
+        );
+        assert_eq!(
+            sync(Method::GET, "/admin/nodes/12/readmit"),
+            Route::MethodNotAllowed { allow: "POST" }
+        );
         assert_eq!(
             sync(Method::DELETE, "/admin/keys/k1"),
             Route::AdminKeyRevoke {

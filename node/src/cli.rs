@@ -42,6 +42,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Manage API keys (`Authorization: Key <id>:<secret>`) with the admin key.
     Keys(runmesh_node::keys_cli::KeysArgs),
+    /// List, drain, remove and readmit members with the admin key.
+    Node(runmesh_node::node_cli::NodeCmdArgs),
 }
 
 #[derive(Debug, Args)]

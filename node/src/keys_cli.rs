@@ -191,6 +191,13 @@ pub async fn admin_call(
 pub struct KeysArgs {
     #[command(subcommand)]
     pub action: KeysAction,
+    #[command(flatten)]
+    pub conn: AdminConn,
+}
+
+/// How an admin command reaches a node: its address and the admin key.
+#[derive(Debug, clap::Args)]
+pub struct AdminConn {
     /// The node: `host:port` (plain HTTP) or a base URL (`https://localhost:8443`).
     #[arg(
         long,
@@ -223,6 +230,40 @@ pub struct KeysArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// A node's admin API, ready to call.
+pub struct AdminApi {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl AdminConn {
+    pub fn connect(&self) -> Result<AdminApi, KeysError> {
+        let key = resolve_admin_key(self.admin_key.as_deref(), &self.data_dir)?;
+        let base = base_url(&self.http);
+        let ca = self.ca_cert.clone().or_else(|| {
+            let (cert, _) = crate::tls::dev_cert_paths(&self.data_dir);
+            (base.starts_with("https://") && cert.exists()).then_some(cert)
+        });
+        Ok(AdminApi {
+            client: client(ca.as_deref())?,
+            base,
+            key,
+        })
+    }
+}
+
+impl AdminApi {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, KeysError> {
+        admin_call(&self.client, &self.base, &self.key, method, path, body).await
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysAction {
     /// Create a key; prints `<key_id>:<key_secret>` (the secret is shown only now).
@@ -251,28 +292,16 @@ pub enum KeysAction {
 
 /// Runs a `runmesh keys` command; prints its result on stdout.
 pub async fn run(args: KeysArgs) -> Result<(), KeysError> {
-    let admin_key = resolve_admin_key(args.admin_key.as_deref(), &args.data_dir)?;
-    let base = base_url(&args.http);
-    let ca = args.ca_cert.clone().or_else(|| {
-        let (cert, _) = crate::tls::dev_cert_paths(&args.data_dir);
-        (base.starts_with("https://") && cert.exists()).then_some(cert)
-    });
-    let client = client(ca.as_deref())?;
+    let api = args.conn.connect()?;
     match args.action {
         KeysAction::Create { scope, name, json } => {
             let scope = KeyScope::parse(&scope).ok_or_else(|| {
                 KeysError::Http(format!("unknown scope {scope:?} (DEFAULT or ADMIN)"))
             })?;
             let body = serde_json::json!({ "scope": scope.as_str(), "name": name });
-            let v = admin_call(
-                &client,
-                &base,
-                &admin_key,
-                reqwest::Method::POST,
-                "/admin/keys",
-                Some(body),
-            )
-            .await?;
+            let v = api
+                .call(reqwest::Method::POST, "/admin/keys", Some(body))
+                .await?;
             if json {
                 println!("{v}");
             } else {
@@ -280,15 +309,7 @@ pub async fn run(args: KeysArgs) -> Result<(), KeysError> {
             }
         }
         KeysAction::List { json } => {
-            let v = admin_call(
-                &client,
-                &base,
-                &admin_key,
-                reqwest::Method::GET,
-                "/admin/keys",
-                None,
-            )
-            .await?;
+            let v = api.call(reqwest::Method::GET, "/admin/keys", None).await?;
             if json {
                 println!("{v}");
             } else {
@@ -306,15 +327,7 @@ pub async fn run(args: KeysArgs) -> Result<(), KeysError> {
         }
         KeysAction::Revoke { key_id } => {
             let path = format!("/admin/keys/{key_id}");
-            admin_call(
-                &client,
-                &base,
-                &admin_key,
-                reqwest::Method::DELETE,
-                &path,
-                None,
-            )
-            .await?;
+            api.call(reqwest::Method::DELETE, &path, None).await?;
             println!("revoked {key_id}");
         }
     }

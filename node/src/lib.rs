@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod identity;
 pub mod keys_cli;
 pub mod mesh;
+pub mod node_cli;
 pub mod outbound;
 pub mod runners;
 pub mod tls;

@@ -89,6 +89,12 @@ fn real_main() -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::from)
             }
+            Command::Node(args) => {
+                init_logging(LogFormat::Text);
+                runmesh_node::node_cli::run(args)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         }
     })
 }

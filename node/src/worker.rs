@@ -428,7 +428,8 @@ impl runmesh_raft::SubmitPlacer for SubmitPlacement {
         if dispatch_held(self.hold_file.as_deref()) {
             return vec![None; specs.len()];
         }
-        let adverts = self.mesh.up_adverts();
+        let mut adverts = self.mesh.up_adverts();
+        adverts.retain(|a| !view.draining.contains(&a.raft_node_id));
         let mut pending = self
             .pending
             .lock()
@@ -545,7 +546,10 @@ impl Dispatcher {
             // Held: looked at again on the next poll tick.
             return false;
         }
-        let adverts = self.mesh.up_adverts();
+        let roster = self.joblog.roster();
+        let mut adverts = self.mesh.up_adverts();
+        // Drained nodes finish what they run and get nothing new.
+        adverts.retain(|a| !roster.takes_no_jobs(a.raft_node_id));
         let members = runmesh_gateway_node::RaftMembership::read(&self.joblog);
         let voters_and_learners: BTreeSet<NodeId> =
             members.voters.union(&members.learners).copied().collect();

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{KeyCommand, KeyResult};
 use crate::idempotency::{IdempotencyCommand, IdempotencyResult};
 use crate::job::{CommandResult, JobCommand};
+use crate::roster::{RosterCommand, RosterResult};
 use crate::webhook::{WebhookCommand, WebhookResult};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +19,9 @@ pub enum Command {
     Webhook(WebhookCommand),
     /// `Idempotency-Key` claims (proto/src/idempotency.rs).
     Idempotency(IdempotencyCommand),
+    /// Drained and removed members (proto/src/roster.rs). Last, so that older variants keep their
+    /// encoded numbers.
+    Roster(RosterCommand),
 }
 
 /// What applying one [`Command`] did; the variant matches the command's.
@@ -27,4 +31,5 @@ pub enum CommandOutput {
     Keys(KeyResult),
     Webhook(WebhookResult),
     Idempotency(IdempotencyResult),
+    Roster(RosterResult),
 }

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod job;
 pub mod mesh;
+pub mod roster;
 pub mod time;
 pub mod webhook;
 

@@ -642,6 +642,21 @@ impl JobLog {
             .map_err(write_error)
     }
 
+    /// Takes learners out of the membership altogether (a voter must lose its seat first).
+    pub async fn remove_learners(&self, ids: BTreeSet<NodeId>) -> Result<(), JobLogError> {
+        self.inner
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), true)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// The operator's drains and removals as the local replica has applied them.
+    pub fn roster(&self) -> crate::roster::RosterTable {
+        self.read_state(|s| s.roster.clone())
+    }
+
     /// Replaces a member's record (`BasicNode.addr`), e.g. when it restarts on other addresses.
     pub async fn update_member(
         &self,

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod memstore;
 pub mod placement;
 pub mod pre_vote;
+pub mod roster;
 pub mod runtime;
 pub mod state;
 pub mod store;

@@ -20,6 +20,8 @@ pub struct PlacementView<'a> {
     pub table: &'a JobTable,
     /// Voters and learners: only they read the log, so only they can run a job.
     pub members: BTreeSet<NodeId>,
+    /// Members the operator drains (or removed): they get no new jobs.
+    pub draining: BTreeSet<NodeId>,
 }
 
 /// Chooses workers for submits on the leader. Called with the replica's read lock held: keep it
@@ -113,6 +115,13 @@ impl Placing {
                     .membership()
                     .nodes()
                     .map(|(id, _)| *id)
+                    .collect(),
+                draining: st
+                    .membership
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| st.table.roster.takes_no_jobs(*id))
                     .collect(),
             };
             placer.place(&view, &specs)

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::idempotency::IdempotencyTable;
 use crate::jobs::JobTable;
 use crate::keys::KeyTable;
+use crate::roster::RosterTable;
 use crate::webhooks::WebhookTable;
 
 #[derive(Clone, Debug, Default)]
@@ -14,11 +15,24 @@ pub struct ClusterState {
     pub keys: KeyTable,
     pub webhooks: WebhookTable,
     pub idempotency: IdempotencyTable,
+    pub roster: RosterTable,
 }
 
 /// Snapshot layout: each table encodes itself.
 #[derive(Serialize, Deserialize)]
 struct StateSnapshot {
+    jobs: Vec<u8>,
+    keys: Vec<u8>,
+    webhooks: Vec<u8>,
+    idempotency: Vec<u8>,
+    roster: Vec<u8>,
+}
+
+/// The layout before the roster. Still written while the roster is empty, so that a cluster that
+/// never drained or removed a node sends and stores snapshots that older builds read (a rolling
+/// upgrade ships snapshots between versions).
+#[derive(Serialize, Deserialize)]
+struct StateSnapshotV2 {
     jobs: Vec<u8>,
     keys: Vec<u8>,
     webhooks: Vec<u8>,
@@ -55,6 +69,7 @@ impl ClusterState {
             Command::Keys(cmd) => CommandOutput::Keys(self.keys.apply(cmd)),
             Command::Webhook(cmd) => CommandOutput::Webhook(self.webhooks.apply(cmd)),
             Command::Idempotency(cmd) => CommandOutput::Idempotency(self.idempotency.apply(cmd)),
+            Command::Roster(cmd) => CommandOutput::Roster(self.roster.apply(cmd)),
         }
     }
 
@@ -79,32 +94,93 @@ impl ClusterState {
     }
 
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, ProtoError> {
+        let (jobs, keys, webhooks, idempotency) = (
+            self.jobs.to_snapshot_bytes()?,
+            self.keys.to_snapshot_bytes()?,
+            self.webhooks.to_snapshot_bytes()?,
+            self.idempotency.to_snapshot_bytes()?,
+        );
+        if self.roster == RosterTable::default() {
+            return codec::encode(&StateSnapshotV2 {
+                jobs,
+                keys,
+                webhooks,
+                idempotency,
+            });
+        }
         codec::encode(&StateSnapshot {
-            jobs: self.jobs.to_snapshot_bytes()?,
-            keys: self.keys.to_snapshot_bytes()?,
-            webhooks: self.webhooks.to_snapshot_bytes()?,
-            idempotency: self.idempotency.to_snapshot_bytes()?,
+            jobs,
+            keys,
+            webhooks,
+            idempotency,
+            roster: self.roster.to_snapshot_bytes()?,
         })
     }
 
+    /// Reads every layout, newest first (the codec refuses trailing and missing bytes, so only the
+    /// right one decodes).
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
         let snap: StateSnapshot = match codec::decode(bytes) {
             Ok(s) => s,
-            Err(e) => match codec::decode::<StateSnapshotV1>(bytes) {
-                Ok(v1) => {
+            Err(e) => {
+                if let Ok(v2) = codec::decode::<StateSnapshotV2>(bytes) {
+                    StateSnapshot {
+                        jobs: v2.jobs,
+                        keys: v2.keys,
+                        webhooks: v2.webhooks,
+                        idempotency: v2.idempotency,
+                        roster: RosterTable::default().to_snapshot_bytes()?,
+                    }
+                } else if let Ok(v1) = codec::decode::<StateSnapshotV1>(bytes) {
                     return Ok(Self {
                         jobs: JobTable::from_snapshot_bytes(&v1.jobs)?,
                         ..Self::default()
-                    })
+                    });
+                } else {
+                    return Err(e);
                 }
-                Err(_) => return Err(e),
-            },
+            }
         };
         Ok(Self {
             jobs: JobTable::from_snapshot_bytes(&snap.jobs)?,
             keys: KeyTable::from_snapshot_bytes(&snap.keys)?,
             webhooks: WebhookTable::from_snapshot_bytes(&snap.webhooks)?,
             idempotency: IdempotencyTable::from_snapshot_bytes(&snap.idempotency)?,
+            roster: RosterTable::from_snapshot_bytes(&snap.roster)?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use runmesh_proto::roster::RosterCommand;
+
+    #[test]
+    fn an_empty_roster_keeps_the_older_snapshot_layout_and_a_full_one_round_trips() {
+        let mut state = ClusterState::default();
+        let bytes = state.to_snapshot_bytes().unwrap();
+        // What an older build decodes: the layout without the roster.
+        assert!(codec::decode::<StateSnapshotV2>(&bytes).is_ok());
+        assert_eq!(
+            ClusterState::from_snapshot_bytes(&bytes).unwrap().roster,
+            RosterTable::default()
+        );
+        let mut touched = Vec::new();
+        state.apply(
+            Command::Roster(RosterCommand::Remove { node: 3, at_ms: 1 }),
+            &mut touched,
+        );
+        state.apply(
+            Command::Roster(RosterCommand::SetDraining {
+                node: 4,
+                draining: true,
+            }),
+            &mut touched,
+        );
+        let back = ClusterState::from_snapshot_bytes(&state.to_snapshot_bytes().unwrap()).unwrap();
+        assert_eq!(back.roster, state.roster);
+        assert!(back.roster.is_removed(3) && back.roster.is_draining(4));
     }
 }

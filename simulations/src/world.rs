@@ -1133,6 +1133,8 @@ impl World {
                 },
                 caught_up: *m == id || matched.get(m).is_some_and(|x| *x > 0 && x + 100 >= last),
                 region: Some(self.node(*m).region.clone()),
+                // The simulator has no operator: nobody drains.
+                draining: false,
             })
             .collect();
         let policy = membership::MembershipPolicy {

@@ -129,6 +129,44 @@ pub fn refused_start(data_dir: &Path) -> String {
     }
 }
 
+/// Runs `runmesh dev` on `data_dir` with `args` (a free HTTP port added) until it exits by itself
+/// (bounded: 30 s), as a refused joiner does; returns (exit success, stderr).
+pub fn run_dev_to_exit(data_dir: &Path, args: &[String]) -> (bool, String) {
+    let mut cmd = Command::new(runmesh_bin());
+    cmd.arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RUNMESH_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn runmesh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status.success(), stderr)
+}
+
 /// Every entry under `root` (and `root`), with what `lstat` says of it.
 pub fn tree(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut all = Vec::new();

@@ -1,51 +1,13 @@
 //! Admission: a node that cannot prove the cluster secret is refused (and says so), the member that
 //! refused it logs the attempt, and the cluster's membership does not change.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use runmesh_tests::{free_mesh_port, free_port, runmesh_bin, Cluster, NodeOpts};
+use runmesh_tests::{free_mesh_port, run_dev_to_exit, Cluster, NodeOpts};
 
-/// A refused joiner exits on its own; this bounds the wait.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `runmesh dev` to completion (bounded) and returns (exit success, stderr).
 fn run_to_exit(args: &[String]) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(runmesh_bin());
-    cmd.arg("dev")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RUNMESH_") {
-            cmd.env_remove(&k);
-        }
-    }
-    let mut child = cmd.spawn().expect("spawn runmesh");
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a refused node did not exit within {EXIT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    (status.success(), stderr)
+    run_dev_to_exit(&dir.path().join("data"), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -482,9 +482,13 @@ pub fn render_cluster_table(v: &serde_json::Value) -> String {
             (Some(r), Some(sl)) => format!("{r}/{sl}"),
             _ => "-".into(),
         };
+        let mut role = s(&m["role"]);
+        if m["draining"].as_bool() == Some(true) {
+            role.push_str(",draining");
+        }
         rows.push([
             name,
-            s(&m["role"]),
+            role,
             s(&m["state"]),
             s(&m["region"]),
             if gpus.is_empty() {
@@ -516,6 +520,14 @@ pub fn render_cluster_table(v: &serde_json::Value) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    for r in v["removed"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "removed: {} (since {}; `runmesh node readmit` lets it join again)",
+            s(&r["id"]),
+            s(&r["removed_at"])
+        );
     }
     out
 }

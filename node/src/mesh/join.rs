@@ -303,6 +303,13 @@ async fn admit_at_leader(
     observed_ip: IpAddr,
 ) -> JoinReply {
     let node_id = node_id_from_public_key(&client_pk);
+    if joblog.roster().is_removed(node_id) {
+        warn!(node = node_id, ip = %observed_ip, "refused a join: this node was removed from the cluster");
+        return refused(&format!(
+            "node {node_id} was removed from the cluster; an admin readmits it with \
+             `runmesh node readmit {node_id}` before it can join again"
+        ));
+    }
     member.pubkey = to_hex(&client_pk);
     // A node listening on 0.0.0.0 is reachable at the address its connection came from.
     member.raft = fill_host(&member.raft, observed_ip);

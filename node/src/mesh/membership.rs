@@ -11,6 +11,10 @@
 //! most crowded region gives its seat to a healthy learner of an emptier one, while the members
 //! allow it. A member with no region counts as a region of its own.
 //!
+//! A draining member (`runmesh node drain`) is never promoted, and if it votes, its seat goes to a
+//! healthy learner (the leader's own seat too: it then steps down), or simply ends when there are
+//! more voters than wanted.
+//!
 //! Liveness comes in as data ([`MemberHealth::silent_ms`]): today from the Raft transport (time since
 //! the leader last got an answer from the member); gossip liveness can feed the same field.
 
@@ -52,6 +56,9 @@ pub struct MemberHealth {
     pub caught_up: bool,
     /// The region the member declared (its replicated member record); `None` is a region of its own.
     pub region: Option<String>,
+    /// The operator drains it (or removed it): it is never promoted, and a voter seat it holds
+    /// moves to a healthy learner first.
+    pub draining: bool,
 }
 
 /// A membership change to make.
@@ -109,7 +116,11 @@ pub fn decide(
     let candidates: Vec<&MemberHealth> = members
         .iter()
         .filter(|m| {
-            !m.voter && m.id != leader && m.caught_up && m.silent_ms <= policy.learner_up_within_ms
+            !m.voter
+                && m.id != leader
+                && !m.draining
+                && m.caught_up
+                && m.silent_ms <= policy.learner_up_within_ms
         })
         .collect();
     // The candidate that spreads a voter set best.
@@ -153,6 +164,33 @@ pub fn decide(
             promoted: None,
             demoted: Some(down),
         });
+    }
+    // A draining voter's seat moves next; the leader's own last, so that it hands over the others'
+    // before it steps down.
+    let leaving = members
+        .iter()
+        .filter(|m| m.voter && m.draining)
+        .min_by_key(|m| (m.id == leader, m.id))
+        .map(|m| m.id);
+    if let Some(leaving) = leaving {
+        let mut rest = voters.clone();
+        rest.remove(&leaving);
+        if let Some(up) = best_for(&rest) {
+            rest.insert(up);
+            return Some(VoterChange {
+                voters: rest,
+                promoted: Some(up),
+                demoted: Some(leaving),
+            });
+        }
+        if voters.len() > target {
+            return Some(VoterChange {
+                voters: rest,
+                promoted: None,
+                demoted: Some(leaving),
+            });
+        }
+        // Nobody to take the seat: it stays until a learner can.
     }
     if voters.len() < target {
         let up = best_for(&voters)?;
@@ -214,6 +252,7 @@ mod tests {
             silent_ms,
             caught_up: true,
             region: None,
+            draining: false,
         }
     }
 
@@ -448,5 +487,53 @@ mod tests {
                 "leader {leader}: {members:?}"
             );
         }
+    }
+
+    fn draining(mut m: MemberHealth) -> MemberHealth {
+        m.draining = true;
+        m
+    }
+
+    #[test]
+    fn a_draining_voter_gives_its_seat_to_a_learner_and_is_never_promoted_again() {
+        let mut members = vec![
+            m(1, true, 0),
+            draining(m(2, true, 0)),
+            m(3, true, 0),
+            m(4, false, 0),
+        ];
+        let c = decide(1, &members, &P).unwrap();
+        assert_eq!((c.promoted, c.demoted), (Some(4), Some(2)));
+        assert_eq!(settle(1, &mut members, &P), 1);
+        assert!(!members[1].voter && members[3].voter);
+        // Short of voters with only the drained node left to promote: it stays a learner.
+        members[2].voter = false;
+        members[2].silent_ms = 60_000;
+        assert_eq!(decide(1, &members, &P), None);
+    }
+
+    #[test]
+    fn a_draining_leader_hands_its_own_seat_over_last() {
+        let mut members = vec![
+            draining(m(1, true, 0)),
+            draining(m(2, true, 0)),
+            m(3, true, 0),
+            m(4, false, 0),
+            m(5, false, 0),
+        ];
+        let first = decide(1, &members, &P).unwrap();
+        assert_eq!(first.demoted, Some(2), "the other drained voter goes first");
+        settle(1, &mut members, &P);
+        let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        assert_eq!(voters, set(&[3, 4, 5]));
+    }
+
+    #[test]
+    fn a_drained_voter_with_nobody_to_take_its_seat_keeps_it_unless_there_are_too_many() {
+        let members = [m(1, true, 0), draining(m(2, true, 0)), m(3, true, 0)];
+        assert_eq!(decide(1, &members, &P), None);
+        let two = MembershipPolicy { voters: 2, ..P };
+        let c = decide(1, &members, &two).unwrap();
+        assert_eq!((c.promoted, c.demoted), (None, Some(2)));
     }
 }

@@ -1,6 +1,7 @@
 //! A node's job log in the mesh: bind the Raft QUIC listener, open the log on it, join through a
 //! bootstrap member (or found a cluster), and run the leader's voter controller.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -240,6 +241,7 @@ async fn run_controller(
                 continue;
             }
         }
+        let roster = joblog.roster();
         let matched = joblog.replication().unwrap_or_default();
         let last = joblog.last_log_index().unwrap_or(0);
         let health: Vec<MemberHealth> = members
@@ -263,10 +265,12 @@ async fn run_controller(
                     silent_ms,
                     caught_up,
                     region: MemberInfo::from_addr_string(&m.addr).and_then(|info| info.region),
+                    draining: roster.is_draining(m.id) || roster.is_removed(m.id),
                 }
             })
             .collect();
         let Some(change) = decide(me, &health, &policy) else {
+            carry_out_removals(&joblog, &members, &roster).await;
             continue;
         };
         info!(
@@ -280,6 +284,46 @@ async fn run_controller(
             Ok(Err(e)) => warn!(error = %e, "voter change failed"),
             Err(_) => warn!("voter change timed out"),
         }
+    }
+}
+
+/// Takes removed members out of Raft's membership, once the policy has no seat to move: a removed
+/// voter that nobody could replace loses its seat anyway (the operator asked for it gone), as long
+/// as a voter remains; a removed learner leaves the membership.
+async fn carry_out_removals(
+    joblog: &JobLog,
+    members: &[runmesh_raft::joblog::Member],
+    roster: &runmesh_raft::roster::RosterTable,
+) {
+    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let removed_voters: BTreeSet<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|id| roster.is_removed(*id))
+        .collect();
+    let result = if !removed_voters.is_empty() {
+        let rest: BTreeSet<NodeId> = voters.difference(&removed_voters).copied().collect();
+        if rest.is_empty() {
+            return;
+        }
+        info!(removed = ?removed_voters, voters = ?rest, "a removed node gives up its seat");
+        tokio::time::timeout(CHANGE_TIMEOUT, joblog.change_voters(rest)).await
+    } else {
+        let gone: BTreeSet<NodeId> = members
+            .iter()
+            .filter(|m| !m.voter && roster.is_removed(m.id))
+            .map(|m| m.id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        info!(removed = ?gone, "taking removed nodes out of the membership");
+        tokio::time::timeout(CHANGE_TIMEOUT, joblog.remove_learners(gone)).await
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "removing a node failed"),
+        Err(_) => warn!("removing a node timed out"),
     }
 }
 

@@ -1,0 +1,90 @@
+//! The operator's hands on members (`/admin/nodes/{id}/...`, ADMIN keys only): drain, undrain,
+//! remove, readmit. Each records the decision in the replicated roster
+//! (`runmesh_proto::roster`); the leader's membership controller carries it out (a voter seat
+//! moved away, a removed member taken out of the membership), so it holds across leader changes.
+//! The list is `GET /admin/cluster`, whose rows say which members drain.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use runmesh_proto::roster::{RosterCommand, RosterResult};
+use runmesh_proto::{Command, CommandOutput, NodeId};
+use serde_json::json;
+
+use crate::admin::{node_name, RaftMembership};
+use crate::errors::{json_response, ApiError};
+use crate::routing::NodeAction;
+use crate::AppState;
+
+fn not_a_member(id: NodeId) -> ApiError {
+    ApiError::BadRequest(format!(
+        "node {id} is not a member of this cluster (see GET /admin/cluster)"
+    ))
+}
+
+pub(crate) async fn act(state: &AppState, id: &str, action: NodeAction) -> Response {
+    let Ok(node) = id.parse::<NodeId>() else {
+        return ApiError::field(
+            &["path", "id"],
+            "id must be a node id as GET /admin/cluster lists it (decimal)",
+            "int_parsing",
+        )
+        .into_response();
+    };
+    let raft = RaftMembership::read(&state.joblog);
+    let member = raft.voters.contains(&node) || raft.learners.contains(&node);
+    let roster = state.joblog.roster();
+    let cmd = match action {
+        NodeAction::Drain | NodeAction::Undrain if !member => {
+            return not_a_member(node).into_response()
+        }
+        NodeAction::Drain => RosterCommand::SetDraining {
+            node,
+            draining: true,
+        },
+        NodeAction::Undrain => RosterCommand::SetDraining {
+            node,
+            draining: false,
+        },
+        NodeAction::Remove if !member && !roster.is_removed(node) => {
+            return not_a_member(node).into_response()
+        }
+        NodeAction::Remove if raft.voters.len() == 1 && raft.voters.contains(&node) => {
+            return ApiError::BadRequest(format!(
+                "node {node} is the only voter: add another node before removing it"
+            ))
+            .into_response()
+        }
+        NodeAction::Remove => RosterCommand::Remove {
+            node,
+            at_ms: state.joblog.now_ms(),
+        },
+        NodeAction::Readmit => RosterCommand::Readmit { node },
+    };
+    let result = match state.joblog.propose_command(Command::Roster(cmd)).await {
+        Ok(CommandOutput::Roster(r)) => r,
+        Ok(other) => {
+            return ApiError::Internal(format!("unexpected result {other:?}")).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "roster change not committed");
+            return ApiError::Unavailable(format!("Could not be recorded: {e}")).into_response();
+        }
+    };
+    if result == RosterResult::Full {
+        return ApiError::BadRequest("the roster is full".into()).into_response();
+    }
+    let changed = result == RosterResult::Changed;
+    if changed {
+        tracing::info!(node, ?action, "roster changed");
+    }
+    let roster = state.joblog.roster();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": node_name(node),
+            "changed": changed,
+            "draining": roster.is_draining(node),
+            "removed": roster.is_removed(node),
+        }),
+    )
+}
