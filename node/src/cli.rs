@@ -83,6 +83,16 @@ pub struct NodeArgs {
     /// [default: 5000].
     #[arg(long, value_name = "MS", env = "RUNMESH_LEASE_MS")]
     pub lease_ms: Option<u64>,
+    /// On SIGTERM/SIGINT, how long jobs already running here may take to finish (no new ones
+    /// start); what still runs after it is left to its lease and runs again elsewhere
+    /// [default: 30000].
+    #[arg(
+        long,
+        alias = "shutdown-grace",
+        value_name = "MS",
+        env = "RUNMESH_SHUTDOWN_GRACE_MS"
+    )]
+    pub shutdown_grace_ms: Option<u64>,
     /// Largest request body in bytes; bigger ones get 413 [default: 10485760].
     #[arg(long = "body-limit", value_name = "BYTES", env = "RUNMESH_BODY_LIMIT")]
     pub body_limit_bytes: Option<usize>,
@@ -301,6 +311,7 @@ impl NodeArgs {
             http: self.http,
             slots: self.slots,
             lease_ms: self.lease_ms,
+            shutdown_grace_ms: self.shutdown_grace_ms,
             body_limit_bytes: self.body_limit_bytes,
             log_format: self.log_format,
             region: self.region.clone(),

@@ -21,6 +21,8 @@ pub const SLOTS_MAX: usize = 1024;
 /// Leases are renewed every third; below this the renewals would flood the log.
 pub const LEASE_MS_MIN: u64 = 300;
 pub const LEASE_MS_MAX: u64 = 10 * 60 * 1000;
+/// Longest `shutdown_grace_ms`: an hour (a stop must end).
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 60 * 60 * 1000;
 pub const BODY_LIMIT_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Raft voters the leader promotes learners to (the rest stay learners).
 pub const DEFAULT_VOTERS: usize = 3;
@@ -66,6 +68,7 @@ pub struct ConfigFile {
     pub http: Option<SocketAddr>,
     pub slots: Option<usize>,
     pub lease_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
     pub body_limit_bytes: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub region: Option<String>,
@@ -187,6 +190,7 @@ impl ConfigFile {
             http: other.http.or(self.http),
             slots: other.slots.or(self.slots),
             lease_ms: other.lease_ms.or(self.lease_ms),
+            shutdown_grace_ms: other.shutdown_grace_ms.or(self.shutdown_grace_ms),
             body_limit_bytes: other.body_limit_bytes.or(self.body_limit_bytes),
             log_format: other.log_format.or(self.log_format),
             region: other.region.or(self.region),
@@ -255,6 +259,8 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     pub slots: usize,
     pub lease_ms: u64,
+    /// See [`crate::worker::WorkerConfig::shutdown_grace_ms`].
+    pub shutdown_grace_ms: u64,
     pub body_limit_bytes: usize,
     pub log_format: LogFormat,
     pub region: Option<String>,
@@ -559,6 +565,9 @@ impl NodeConfig {
             http,
             slots: c.slots.unwrap_or(default_slots),
             lease_ms: c.lease_ms.unwrap_or(DEFAULT_LEASE_MS),
+            shutdown_grace_ms: c
+                .shutdown_grace_ms
+                .unwrap_or(crate::worker::DEFAULT_SHUTDOWN_GRACE_MS),
             body_limit_bytes: c.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
             log_format: c.log_format.unwrap_or_default(),
             region: c.region.filter(|r| !r.is_empty()),
@@ -631,6 +640,12 @@ impl NodeConfig {
         range("slots", self.slots, 1, SLOTS_MAX)?;
         range("lease_ms", self.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?;
         range(
+            "shutdown_grace_ms",
+            self.shutdown_grace_ms,
+            0,
+            SHUTDOWN_GRACE_MS_MAX,
+        )?;
+        range(
             "body_limit_bytes",
             self.body_limit_bytes,
             1024,
@@ -671,6 +686,7 @@ impl NodeConfig {
         WorkerConfig {
             slots: self.slots,
             lease_ms: self.lease_ms,
+            shutdown_grace_ms: self.shutdown_grace_ms,
             dispatch_hold_file: self.dispatch_hold_file.clone(),
             place_at_submit: self.place_at_submit,
             ..WorkerConfig::default()

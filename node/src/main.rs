@@ -294,7 +294,10 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     )
     .with_warm_set(warm.clone())
     .with_files(Arc::new(runmesh_node::artifacts::Sink(artifacts.clone())));
-    let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    // The worker stops first and on its own signal: it finishes its running jobs while the rest of
+    // the node (Raft, blobs, gossip) still runs to record their results.
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let mut worker_task = tokio::spawn(worker.run(finish_rx));
     let webhooks_task = tokio::spawn(runmesh_node::webhooks::run(
         joblog.clone(),
         clock.clone(),
@@ -394,7 +397,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             res.context("http server task")?.context("http server")?;
         }
         sig = shutdown_signal() => {
-            info!(signal = sig, "shutting down");
+            info!(signal = sig, grace_ms = cfg.shutdown_grace_ms, "shutting down");
+            // No new jobs start or are placed here from now on; new requests are refused while
+            // open ones end.
+            mesh.mesh.stop_taking_jobs();
+            let _ = finish_tx.send(true);
             let _ = drain_tx.send(true);
             if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, &mut server).await.is_err() {
                 warn!("open connections did not finish in time; closing them");
@@ -402,9 +409,13 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             }
         }
     }
+    let _ = finish_tx.send(true);
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms) + WORKER_STOP_TIMEOUT;
+    if tokio::time::timeout(grace, &mut worker_task).await.is_err() {
+        worker_task.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, async {
-        let _ = worker_task.await;
         let _ = ticker_task.await;
         let _ = expiry_task.await;
         let _ = webhooks_task.await;

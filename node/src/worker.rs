@@ -63,7 +63,13 @@ pub struct WorkerConfig {
     /// The leader places a job in the Raft entry that submits it when a node has room
     /// ([`SubmitPlacement`]); otherwise every job queues first and waits for a dispatch round.
     pub place_at_submit: bool,
+    /// On a graceful stop, how long jobs already running may take to finish; what still runs
+    /// then is left to its lease, as after a crash (`--shutdown-grace-ms`).
+    pub shutdown_grace_ms: u64,
 }
+
+/// `--shutdown-grace-ms` when none is given.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -77,6 +83,7 @@ impl Default for WorkerConfig {
             assign_batch_max: 256,
             dispatch_hold_file: None,
             place_at_submit: true,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
         }
     }
 }
@@ -187,6 +194,8 @@ impl Worker {
 
     /// Runs until `shutdown` turns true (or its sender goes away). Jobs still running then are
     /// abandoned: their leases expire and a `Tick` queues them again.
+    /// Runs until `shutdown` turns true, then stops taking jobs and lets the running ones finish
+    /// (their results recorded) for up to `shutdown_grace_ms` before it aborts the rest.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let shared = self.shared;
         let me = shared.node_id;
@@ -218,16 +227,34 @@ impl Worker {
         );
         // Start with a full look at the table: assignments may predate the subscription.
         adopt_all(&shared, &mut held, &mut tasks, &abandoned);
+        // Set once a stop is asked for: no job is adopted after it, and the loop ends when the
+        // running ones are done or at this deadline.
+        let mut finish_by: Option<tokio::time::Instant> = None;
         loop {
-            if *shutdown.borrow() {
+            if finish_by.is_none() && *shutdown.borrow() {
+                let grace = Duration::from_millis(shared.cfg.shutdown_grace_ms);
+                finish_by = Some(tokio::time::Instant::now() + grace);
+                if !tasks.is_empty() {
+                    info!(
+                        running = tasks.len(),
+                        grace_ms = shared.cfg.shutdown_grace_ms,
+                        "stopping: no new jobs; letting the running ones finish"
+                    );
+                }
+            }
+            if finish_by.is_some() && tasks.is_empty() {
                 break;
             }
+            let finishing = finish_by.is_some();
+            let deadline = finish_by.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
-                changed = shutdown.changed() => {
+                changed = shutdown.changed(), if !finishing => {
                     if changed.is_err() {
+                        // The sender is gone: nobody can ask for a graceful stop any more.
                         break;
                     }
                 }
+                () = tokio::time::sleep_until(deadline), if finishing => break,
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     match done {
                         Ok(id) => { held.remove(&id); }
@@ -255,25 +282,38 @@ impl Worker {
                     }
                     if lagged {
                         signal_all(&shared, &held);
-                        adopt_all(&shared, &mut held, &mut tasks, &abandoned);
+                        if !finishing {
+                            adopt_all(&shared, &mut held, &mut tasks, &abandoned);
+                        }
                     } else {
                         let ours: Vec<&RequestId> =
                             changed.iter().filter(|id| held.contains_key(*id)).collect();
                         if !ours.is_empty() {
                             signal_some(&shared, &held, ours);
                         }
-                        let others: Vec<RequestId> =
-                            changed.into_iter().filter(|id| !held.contains_key(id)).collect();
-                        adopt_some(&shared, &mut held, &mut tasks, &abandoned, others);
+                        if !finishing {
+                            let others: Vec<RequestId> =
+                                changed.into_iter().filter(|id| !held.contains_key(id)).collect();
+                            adopt_some(&shared, &mut held, &mut tasks, &abandoned, others);
+                        }
                     }
                 }
                 _ = poll.tick() => {
                     signal_all(&shared, &held);
-                    adopt_all(&shared, &mut held, &mut tasks, &abandoned);
+                    if !finishing {
+                        adopt_all(&shared, &mut held, &mut tasks, &abandoned);
+                    }
                 }
             }
         }
-        info!(abandoned = tasks.len(), "worker stopping");
+        if tasks.is_empty() {
+            info!("worker stopped");
+        } else {
+            warn!(
+                abandoned = tasks.len(),
+                "worker stopping with jobs still running: they are left to their leases"
+            );
+        }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

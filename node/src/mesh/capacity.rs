@@ -229,6 +229,8 @@ struct MeshInner {
     seq: Mutex<u64>,
     /// Signalled when a member comes up, changes capacity, or goes suspect/down.
     changed: Notify,
+    /// The node is stopping: it advertises no slots, so nobody places new jobs on it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Mesh {
@@ -250,6 +252,7 @@ impl Mesh {
                 p2p_addrs: Mutex::new(Vec::new()),
                 seq: Mutex::new(0),
                 changed: Notify::new(),
+                stopping: Default::default(),
             }),
         }
     }
@@ -323,8 +326,11 @@ impl Mesh {
             *s
         };
         let local = &self.inner.local;
-        let advert =
+        let mut advert =
             joblog.read(|t| build_advert(local, t, &gpus, memory, &warm, &p2p, now_ms, seq));
+        if self.is_stopping() {
+            advert.slots = 0;
+        }
         self.view().observe_self(advert.clone(), now_ms);
         advert
     }
@@ -367,7 +373,28 @@ impl Mesh {
 
     /// Adverts of the members that may take new work.
     pub fn up_adverts(&self) -> Vec<CapacityAdvert> {
-        self.view().up().cloned().collect()
+        let me = self.inner.local.raft_node_id;
+        let stopping = self.is_stopping();
+        self.view()
+            .up()
+            .filter(|a| !(stopping && a.raft_node_id == me))
+            .cloned()
+            .collect()
+    }
+
+    /// A graceful stop began: from now on this node advertises no free slots (at once here, and
+    /// to the others with its next advert).
+    pub fn stop_taking_jobs(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.changed.notify_waiters();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every member with its liveness, as of now.
