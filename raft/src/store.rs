@@ -131,7 +131,12 @@ impl LogStore {
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.store.get_meta(KEY_LAST_PURGED).map_err(io_read)
+        // Stored as `Option<LogId>` (see `purge`), so read as one.
+        Ok(self
+            .store
+            .get_meta::<Option<LogId>>(KEY_LAST_PURGED)
+            .map_err(io_read)?
+            .flatten())
     }
 }
 
