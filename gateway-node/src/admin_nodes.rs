@@ -2,7 +2,8 @@
 //! remove, readmit. Each records the decision in the replicated roster
 //! (`runmesh_proto::roster`); the leader's membership controller carries it out (a voter seat
 //! moved away, a removed member taken out of the membership), so it holds across leader changes.
-//! The list is `GET /admin/cluster`, whose rows say which members drain.
+//! The list is `GET /admin/cluster`, whose rows say which members drain. `GET /admin/backup` is
+//! the replicated state for `runmesh backup`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -87,4 +88,33 @@ pub(crate) async fn act(state: &AppState, id: &str, action: NodeAction) -> Respo
             "removed": roster.is_removed(node),
         }),
     )
+}
+
+/// `GET /admin/backup`: the replicated state as this node has applied it
+/// (`runmesh_raft::backup`), as a file; `x-runmesh-applied-index` says where it was taken.
+pub(crate) fn backup(state: &AppState) -> Response {
+    let backup = match state.joblog.backup() {
+        Ok(b) => b,
+        Err(e) => return ApiError::Internal(format!("backup: {e}")).into_response(),
+    };
+    let bytes = match backup.encode() {
+        Ok(b) => b,
+        Err(e) => return ApiError::Internal(format!("backup: {e}")).into_response(),
+    };
+    tracing::info!(
+        applied_index = backup.applied_index,
+        bytes = bytes.len(),
+        blobs = backup.blobs.len(),
+        "backup taken"
+    );
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&backup.applied_index.to_string()) {
+        headers.insert("x-runmesh-applied-index", v);
+    }
+    resp
 }

@@ -442,7 +442,8 @@ pub fn need_of(route: &Route) -> Need {
         | Route::AdminKeyRevoke { .. }
         | Route::AdminWebhooksFailed
         | Route::AdminWebhookRetry { .. }
-        | Route::AdminNode { .. } => Need::Admin,
+        | Route::AdminNode { .. }
+        | Route::AdminBackup => Need::Admin,
         Route::Realtime { .. }
         | Route::RunStream { .. }
         | Route::Run { .. }

@@ -145,6 +145,8 @@ pub enum Route {
     },
     /// `GET /admin/webhooks/failed`.
     AdminWebhooksFailed,
+    /// `GET /admin/backup`: a consistent copy of the replicated state (`runmesh backup`).
+    AdminBackup,
     /// `POST /admin/nodes/{id}/drain|undrain|readmit`, `DELETE /admin/nodes/{id}` (remove).
     AdminNode {
         id: String,
@@ -271,6 +273,7 @@ pub fn parse_route(method: &Method, surface: Surface, path: &str) -> Route {
                 },
             )
         }
+        ["admin", "backup"] => return only(method, &Method::GET, "GET", Route::AdminBackup),
         ["admin", "nodes", id] => {
             return only(
                 method,

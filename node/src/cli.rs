@@ -44,6 +44,11 @@ pub enum Command {
     Keys(runmesh_node::keys_cli::KeysArgs),
     /// List, drain, remove and readmit members with the admin key.
     Node(runmesh_node::node_cli::NodeCmdArgs),
+    /// Write a consistent copy of the replicated state (jobs, keys, webhooks) to a file, with the
+    /// list of blobs it references, from any node with the admin key.
+    Backup(runmesh_node::backup_cli::BackupArgs),
+    /// Found a new cluster from a backup: writes the data dir of its first node (offline).
+    Restore(runmesh_node::backup_cli::RestoreArgs),
 }
 
 #[derive(Debug, Args)]

@@ -262,6 +262,30 @@ impl AdminApi {
     ) -> Result<Value, KeysError> {
         admin_call(&self.client, &self.base, &self.key, method, path, body).await
     }
+
+    /// A GET whose answer is not JSON (a backup file).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, KeysError> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("authorization", format!("Key {}", self.key))
+            .send()
+            .await
+            .map_err(|e| KeysError::Http(format!("{}: {e}", self.base)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| KeysError::Http(e.to_string()))?;
+        if !status.is_success() {
+            return Err(KeysError::Http(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod artifacts;
+pub mod backup_cli;
 pub mod config;
 pub mod datadir;
 pub mod format;

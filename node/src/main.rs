@@ -95,6 +95,16 @@ fn real_main() -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::from)
             }
+            Command::Backup(args) => {
+                init_logging(LogFormat::Text);
+                runmesh_node::backup_cli::backup(args)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Command::Restore(args) => {
+                init_logging(LogFormat::Text);
+                runmesh_node::backup_cli::restore(args).map_err(anyhow::Error::from)
+            }
         }
     })
 }

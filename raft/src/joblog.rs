@@ -490,6 +490,21 @@ impl JobLog {
         f(&st.table)
     }
 
+    /// A consistent copy of the replicated state as this replica has applied it
+    /// ([`crate::backup`]).
+    pub fn backup(&self) -> Result<crate::backup::Backup, crate::backup::BackupError> {
+        let st = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::backup::Backup::of(
+            &st.table,
+            st.last_applied.map_or(0, |l| l.index),
+            self.inner.clock.now_ms(),
+        )
+    }
+
     /// Ids of jobs whose state changed, after the change is applied. A lagging receiver should re-read
     /// the table.
     pub fn subscribe(&self) -> broadcast::Receiver<RequestId> {

@@ -6,6 +6,7 @@
 //! timestamps come from a [`runmesh_proto::Clock`].
 
 pub mod acknowledged;
+pub mod backup;
 pub mod election;
 pub mod idempotency;
 pub mod joblog;

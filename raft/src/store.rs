@@ -107,6 +107,20 @@ impl Store {
     pub fn flush(&self) -> Result<usize, sled::Error> {
         self.db.flush()
     }
+
+    /// Makes an empty store start from `state` (a restored backup): its snapshot, a log purged up
+    /// to `at` (so it continues after it), `vote`, and `at` committed. Durable when it returns.
+    pub(crate) fn seed(&self, state: &MachineState, vote: &Vote, at: LogId) -> Result<(), String> {
+        let (_, bytes) = state.encode_snapshot(0).map_err(|e| e.to_string())?;
+        self.meta
+            .insert(KEY_SNAPSHOT, bytes)
+            .map_err(|e| e.to_string())?;
+        self.put_meta(KEY_VOTE, vote)?;
+        self.put_meta(KEY_LAST_PURGED, &Some(at))?;
+        self.put_meta(KEY_COMMITTED, &Some(at))?;
+        self.db.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 fn io_read(e: impl ToString) -> StorageError {

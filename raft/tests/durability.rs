@@ -150,7 +150,10 @@ fn a_purged_log_opens_again() {
         log.snapshot().await.expect("snapshot");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while log.raft().metrics().borrow().purged.is_none() {
-            assert!(std::time::Instant::now() < deadline, "the log was never purged");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was never purged"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let before = log.read(|t| t.to_snapshot_bytes().expect("encode"));
