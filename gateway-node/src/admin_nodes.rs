@@ -35,7 +35,9 @@ pub(crate) async fn act(state: &AppState, id: &str, action: NodeAction) -> Respo
     let member = raft.voters.contains(&node) || raft.learners.contains(&node);
     let roster = state.joblog.roster();
     let cmd = match action {
-        NodeAction::Drain | NodeAction::Undrain if !member => {
+        NodeAction::Drain if !member => return not_a_member(node).into_response(),
+        // A drained node may have left the membership since: its drain can still end.
+        NodeAction::Undrain if !member && !roster.is_draining(node) => {
             return not_a_member(node).into_response()
         }
         NodeAction::Drain => RosterCommand::SetDraining {
@@ -49,9 +51,15 @@ pub(crate) async fn act(state: &AppState, id: &str, action: NodeAction) -> Respo
         NodeAction::Remove if !member && !roster.is_removed(node) => {
             return not_a_member(node).into_response()
         }
-        NodeAction::Remove if raft.voters.len() == 1 && raft.voters.contains(&node) => {
+        NodeAction::Remove
+            if raft.voters.contains(&node)
+                && raft
+                    .voters
+                    .iter()
+                    .all(|v| *v == node || roster.is_removed(*v)) =>
+        {
             return ApiError::BadRequest(format!(
-                "node {node} is the only voter: add another node before removing it"
+                "node {node} is the last voter not removed: add another node before removing it"
             ))
             .into_response()
         }

@@ -23,13 +23,13 @@ pub enum NodeCmd {
         json: bool,
     },
     /// No new jobs go to ID (running ones finish); if it votes, its seat moves to another member.
-    Drain { id: String },
+    Drain { id: u64 },
     /// Ends a drain: ID takes jobs again and may be promoted to voter again.
-    Undrain { id: String },
+    Undrain { id: u64 },
     /// Takes ID out of the membership for good; its identity cannot join again until readmitted.
-    Remove { id: String },
+    Remove { id: u64 },
     /// Lets a removed node's identity join again.
-    Readmit { id: String },
+    Readmit { id: u64 },
 }
 
 pub async fn run(args: NodeCmdArgs) -> Result<(), KeysError> {

@@ -55,6 +55,8 @@ pub fn referenced_blobs(state: &ClusterState) -> Vec<String> {
     }
     for rec in state.jobs.iter() {
         hashes.extend(rec.files.iter().map(|f| f.hash.clone()));
+        // Inputs kept as blobs, which queued and running jobs still need.
+        hashes.extend(runmesh_proto::file_hashes_in(&rec.spec.input_json));
     }
     hashes.extend(state.jobs.uploads().map(|u| u.file.hash.clone()));
     hashes.into_iter().collect()
@@ -119,7 +121,18 @@ pub fn restore_into(
     record: String,
 ) -> Result<(), BackupError> {
     let err = |e: String| BackupError::Store(format!("{}: {e}", raft_dir.display()));
-    let table = backup.cluster_state()?;
+    let mut table = backup.cluster_state()?;
+    // The node founding the new cluster is neither drained nor removed in it, whatever it was in
+    // the old one.
+    table
+        .roster
+        .apply(runmesh_proto::roster::RosterCommand::Readmit { node });
+    table
+        .roster
+        .apply(runmesh_proto::roster::RosterCommand::SetDraining {
+            node,
+            draining: false,
+        });
     if raft_dir.exists()
         && std::fs::read_dir(raft_dir)
             .map_err(|e| err(e.to_string()))?

@@ -241,6 +241,45 @@ fn rebalance(
     })
 }
 
+/// The next step of taking removed members (`is_removed`) out of the membership, once
+/// [`decide`] has no seat to move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The voter set without the removed voters nobody could replace (the operator asked for them
+    /// gone).
+    Voters(BTreeSet<NodeId>),
+    /// Removed learners to take out of the membership altogether.
+    Learners(BTreeSet<NodeId>),
+}
+
+/// Removed voters lose their seats first, but only while the voters left form a majority that
+/// answers: otherwise the change could not commit, and every write after it would wait. Then the
+/// removed learners leave.
+pub fn removal(
+    members: &[MemberHealth],
+    is_removed: &dyn Fn(NodeId) -> bool,
+    policy: &MembershipPolicy,
+) -> Option<Removal> {
+    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    if voters.iter().any(|v| is_removed(*v)) {
+        let rest: BTreeSet<NodeId> = voters.iter().copied().filter(|v| !is_removed(*v)).collect();
+        let answering = members
+            .iter()
+            .filter(|m| rest.contains(&m.id) && m.silent_ms < policy.voter_down_after_ms)
+            .count();
+        if rest.is_empty() || 2 * answering <= rest.len() {
+            return None;
+        }
+        return Some(Removal::Voters(rest));
+    }
+    let gone: BTreeSet<NodeId> = members
+        .iter()
+        .filter(|m| !m.voter && is_removed(m.id))
+        .map(|m| m.id)
+        .collect();
+    (!gone.is_empty()).then_some(Removal::Learners(gone))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,5 +574,27 @@ mod tests {
         let two = MembershipPolicy { voters: 2, ..P };
         let c = decide(1, &members, &two).unwrap();
         assert_eq!((c.promoted, c.demoted), (None, Some(2)));
+    }
+
+    #[test]
+    fn a_removed_voter_loses_its_seat_only_while_the_rest_can_commit() {
+        let removed = |id: NodeId| id == 2;
+        // 3 is down: dropping 2 would leave {1, 3}, half of which answers.
+        let members = [m(1, true, 0), m(2, true, 0), m(3, true, 60_000)];
+        assert_eq!(removal(&members, &removed, &P), None);
+        let members = [m(1, true, 0), m(2, true, 0), m(3, true, 0), m(4, false, 0)];
+        assert_eq!(
+            removal(&members, &removed, &P),
+            Some(Removal::Voters(set(&[1, 3])))
+        );
+        // Once a learner, it leaves the membership.
+        let members = [m(1, true, 0), m(2, false, 0), m(3, true, 0)];
+        assert_eq!(
+            removal(&members, &removed, &P),
+            Some(Removal::Learners(set(&[2])))
+        );
+        assert_eq!(removal(&members, &|_| false, &P), None);
+        // The last voter is never removed.
+        assert_eq!(removal(&[m(2, true, 0)], &removed, &P), None);
     }
 }

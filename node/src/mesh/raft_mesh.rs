@@ -1,7 +1,6 @@
 //! A node's job log in the mesh: bind the Raft QUIC listener, open the log on it, join through a
 //! bootstrap member (or found a cluster), and run the leader's voter controller.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::RaftTiming;
 use crate::identity::NodeIdentity;
 use crate::mesh::join::{join_cluster, Admission, ClusterSecret, JoinError};
-use crate::mesh::membership::{decide, MemberHealth, MembershipPolicy};
+use crate::mesh::membership::{decide, removal, MemberHealth, MembershipPolicy, Removal};
 use crate::mesh::raft_quic::{QuicError, QuicRaft, QuicTransport};
 
 /// How often the leader reconsiders the voter set.
@@ -270,7 +269,7 @@ async fn run_controller(
             })
             .collect();
         let Some(change) = decide(me, &health, &policy) else {
-            carry_out_removals(&joblog, &members, &roster).await;
+            carry_out_removals(&joblog, &roster, &health, &policy).await;
             continue;
         };
         info!(
@@ -287,38 +286,23 @@ async fn run_controller(
     }
 }
 
-/// Takes removed members out of Raft's membership, once the policy has no seat to move: a removed
-/// voter that nobody could replace loses its seat anyway (the operator asked for it gone), as long
-/// as a voter remains; a removed learner leaves the membership.
+/// Carries out [`removal`]: the next step of taking removed members out of the membership.
 async fn carry_out_removals(
     joblog: &JobLog,
-    members: &[runmesh_raft::joblog::Member],
     roster: &runmesh_raft::roster::RosterTable,
+    health: &[MemberHealth],
+    policy: &MembershipPolicy,
 ) {
-    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-    let removed_voters: BTreeSet<NodeId> = voters
-        .iter()
-        .copied()
-        .filter(|id| roster.is_removed(*id))
-        .collect();
-    let result = if !removed_voters.is_empty() {
-        let rest: BTreeSet<NodeId> = voters.difference(&removed_voters).copied().collect();
-        if rest.is_empty() {
-            return;
+    let result = match removal(health, &|id| roster.is_removed(id), policy) {
+        None => return,
+        Some(Removal::Voters(rest)) => {
+            info!(voters = ?rest, "a removed node gives up its seat");
+            tokio::time::timeout(CHANGE_TIMEOUT, joblog.change_voters(rest)).await
         }
-        info!(removed = ?removed_voters, voters = ?rest, "a removed node gives up its seat");
-        tokio::time::timeout(CHANGE_TIMEOUT, joblog.change_voters(rest)).await
-    } else {
-        let gone: BTreeSet<NodeId> = members
-            .iter()
-            .filter(|m| !m.voter && roster.is_removed(m.id))
-            .map(|m| m.id)
-            .collect();
-        if gone.is_empty() {
-            return;
+        Some(Removal::Learners(gone)) => {
+            info!(removed = ?gone, "taking removed nodes out of the membership");
+            tokio::time::timeout(CHANGE_TIMEOUT, joblog.remove_learners(gone)).await
         }
-        info!(removed = ?gone, "taking removed nodes out of the membership");
-        tokio::time::timeout(CHANGE_TIMEOUT, joblog.remove_learners(gone)).await
     };
     match result {
         Ok(Ok(())) => {}
