@@ -85,10 +85,12 @@ fn set_aside(dir: &std::path::Path) -> Result<PathBuf, String> {
     let aside = dir.with_file_name(format!("{name}.damaged-{secs}"));
     std::fs::rename(dir, &aside).map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let record = aside.join(crate::acknowledged::FILE);
-    if record.exists() {
-        std::fs::copy(&record, dir.join(crate::acknowledged::FILE))
-            .map_err(|e| format!("keeping {}: {e}", record.display()))?;
+    for file in crate::acknowledged::FILES {
+        let record = aside.join(file);
+        if record.exists() {
+            std::fs::copy(&record, dir.join(file))
+                .map_err(|e| format!("keeping {}: {e}", record.display()))?;
+        }
     }
     Ok(aside)
 }
@@ -325,7 +327,6 @@ impl JobLog {
         )
         .await
         .map_err(|e| JobLogError::Raft(e.to_string()))?;
-        Recorder::spawn_writer(&recorder);
 
         let initialized = raft
             .is_initialized()

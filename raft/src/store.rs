@@ -259,11 +259,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.store.logs.apply_batch(batch).map_err(io_write)?;
         // One fsync per appended batch: this is the group commit that makes a write durable.
-        let flushed = self.store.db.flush_async().await;
-        if let (Ok(_), Some(last)) = (&flushed, last) {
-            self.acked.appended(last);
-        }
-        callback.log_io_completed(flushed.map(|_| ()).map_err(std::io::Error::other));
+        let flushed = match (self.store.db.flush_async().await, last) {
+            (Ok(_), Some(last)) => {
+                // Recorded before openraft hears the entries are durable (and so before anyone
+                // is told they are acknowledged): damage to any acknowledged entry is seen on
+                // start.
+                self.acked.appended(last);
+                let acked = self.acked.clone();
+                match tokio::task::spawn_blocking(move || acked.write_if_changed()).await {
+                    Ok(written) => written,
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+            (flushed, _) => flushed.map(|_| ()).map_err(std::io::Error::other),
+        };
+        callback.log_io_completed(flushed);
         Ok(())
     }
 

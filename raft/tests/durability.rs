@@ -170,3 +170,34 @@ fn a_purged_log_opens_again() {
         log.shutdown().await;
     });
 }
+
+/// An entry is in the acknowledged-entries record (raft/src/acknowledged.rs) before anyone hears it is
+/// committed, so a crash right after an acknowledgement never hides damage to it.
+#[test]
+fn every_acknowledged_entry_is_recorded_before_it_is_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = JobLogConfig::single_node(dir.path().join("raft"));
+    let record_dir = dir.path().join("raft");
+    let rt = runtime();
+    rt.block_on(async {
+        let log = open(cfg).await;
+        for i in 0..20 {
+            let r = log
+                .propose(JobCommand::Submit { spec: spec(i) })
+                .await
+                .expect("submit");
+            assert!(matches!(r, CommandResult::Submitted { .. }), "{r:?}");
+            // Read at once, with no time for a background writer.
+            let applied = log.raft().metrics().borrow().last_applied.map(|l| l.index);
+            let (_, found) =
+                runmesh_raft::acknowledged::Recorder::open(&record_dir).expect("the record reads");
+            let rec = found.expect("a record");
+            assert!(
+                rec.last_log_index >= applied,
+                "submit {i}: acknowledged up to {applied:?}, recorded {:?}",
+                rec.last_log_index
+            );
+        }
+        log.shutdown().await;
+    });
+}

@@ -23,10 +23,8 @@ async fn node_with_jobs(n: usize) -> (Node, Vec<String>) {
             .await;
         ids.push(sub.request_id);
     }
-    // The acknowledged-entries record trails the log by up to its 100 ms period
-    // (runmesh_raft::acknowledged::RECORD_EVERY): damage inside that window is the documented
-    // blind spot, so the crash comes after it, and the damage tests check what is promised.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // At once: an entry is in the acknowledged-entries record before it is acknowledged, so even
+    // the last completion is one the damage tests must find.
     node.kill9();
     (node, ids)
 }
@@ -92,7 +90,7 @@ async fn a_damaged_log_is_detected_and_never_served() {
     let dir = node.data_dir();
     let db = dir.join("raft").join("db");
     let len = std::fs::metadata(&db).expect("raft/db").len();
-    assert!(dir.join("raft").join("acknowledged.json").exists());
+    assert!(dir.join("raft").join("acknowledged.slots").exists());
     let damages: [(&str, Damage); 3] = [
         (
             "a flipped byte in the middle",
@@ -208,15 +206,13 @@ async fn a_damaged_follower_gets_its_log_back_from_the_leader() {
         // --bootstrap to fetch the log from: it names the flag instead).
         let f = (1..3).find(|&i| i != leader).expect("a follower");
         // The leader commits with either follower, so this one's having the entries is awaited,
-        // not assumed; and its acknowledged-entries record trails its log by up to
-        // runmesh_raft::acknowledged::RECORD_EVERY, so the crash comes after that too.
+        // not assumed.
         for id in &before {
             cluster
                 .api(f)
                 .wait_completed("runmesh/echo", id, WAIT)
                 .await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.nodes[f].kill9();
         let db = cluster.nodes[f].data_dir().join("raft").join("db");
         let mut bytes = std::fs::read(&db).expect("read db");
