@@ -100,13 +100,18 @@ pub(crate) async fn act(state: &AppState, id: &str, action: NodeAction) -> Respo
 
 /// `GET /admin/backup`: the replicated state as this node has applied it
 /// (`runmesh_raft::backup`), as a file; `x-runmesh-applied-index` says where it was taken.
-pub(crate) fn backup(state: &AppState) -> Response {
-    let backup = match state.joblog.backup() {
-        Ok(b) => b,
-        Err(e) => return ApiError::Internal(format!("backup: {e}")).into_response(),
-    };
-    let bytes = match backup.encode() {
-        Ok(b) => b,
+pub(crate) async fn backup(state: &AppState) -> Response {
+    let joblog = state.joblog.clone();
+    // Copying and encoding a big table takes a while: off the runtime's threads.
+    let taken = tokio::task::spawn_blocking(move || {
+        let backup = joblog.backup().map_err(|e| e.to_string())?;
+        let bytes = backup.encode().map_err(|e| e.to_string())?;
+        Ok::<_, String>((backup, bytes))
+    })
+    .await;
+    let (backup, bytes) = match taken {
+        Ok(Ok(taken)) => taken,
+        Ok(Err(e)) => return ApiError::Internal(format!("backup: {e}")).into_response(),
         Err(e) => return ApiError::Internal(format!("backup: {e}")).into_response(),
     };
     tracing::info!(

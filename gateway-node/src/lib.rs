@@ -315,7 +315,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Route::AdminWebhooksFailed => admin_keys::failed_webhooks(&state),
         Route::AdminWebhookRetry { id } => admin_keys::retry_webhook(&state, &id).await,
         Route::AdminNode { id, action } => admin_nodes::act(&state, &id, action).await,
-        Route::AdminBackup => admin_nodes::backup(&state),
+        Route::AdminBackup => admin_nodes::backup(&state).await,
         // Served by its own axum route; reaching here means the method was wrong.
         Route::AdminCluster => ApiError::MethodNotAllowed { allow: "GET" }.into_response(),
         Route::Realtime { model } => realtime::upgrade(&state, &caller, model, req).await,

@@ -263,11 +263,12 @@ impl AdminApi {
         admin_call(&self.client, &self.base, &self.key, method, path, body).await
     }
 
-    /// A GET whose answer is not JSON (a backup file).
+    /// A GET whose answer is not JSON (a backup file): large, so it may take up to 10 minutes.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, KeysError> {
         let resp = self
             .client
             .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(600))
             .header("authorization", format!("Key {}", self.key))
             .send()
             .await

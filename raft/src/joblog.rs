@@ -492,18 +492,19 @@ impl JobLog {
     }
 
     /// A consistent copy of the replicated state as this replica has applied it
-    /// ([`crate::backup`]).
+    /// ([`crate::backup`]). The lock is held only for a copy of the tables; encoding them (slow
+    /// for a big table) happens after, so applies are not held up by it. Blocking: call it off
+    /// the async runtime's threads.
     pub fn backup(&self) -> Result<crate::backup::Backup, crate::backup::BackupError> {
-        let st = self
-            .inner
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::backup::Backup::of(
-            &st.table,
-            st.last_applied.map_or(0, |l| l.index),
-            self.inner.clock.now_ms(),
-        )
+        let (table, applied) = {
+            let st = self
+                .inner
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (st.table.clone(), st.last_applied.map_or(0, |l| l.index))
+        };
+        crate::backup::Backup::of(&table, applied, self.inner.clock.now_ms())
     }
 
     /// Ids of jobs whose state changed, after the change is applied. A lagging receiver should re-read
