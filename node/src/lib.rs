@@ -10,6 +10,7 @@ pub mod format;
 pub mod gpu;
 pub mod identity;
 pub mod keys_cli;
+pub mod malformed;
 pub mod mesh;
 pub mod node_cli;
 pub mod outbound;

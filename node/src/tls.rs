@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::malformed::FalShaped;
+
 /// A client must finish its TLS handshake within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait in the kernel's backlog.
@@ -229,9 +231,15 @@ impl HttpListener {
                 let l = l.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+                axum::serve(FalShaped(l), app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             }
-            Self::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Self::Tls(l) => {
+                axum::serve(FalShaped(l), app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
         }
     }
 }

@@ -363,3 +363,31 @@ async fn bad_fal_header_values_are_client_errors() {
     }
     assert_healthy(&mut node).await;
 }
+
+/// A header hyper cannot parse (a control character in its value) gets a fal-shaped 400 with a
+/// JSON `detail`, not an empty body; the node goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_character_in_a_header_is_a_fal_shaped_400() {
+    let mut node = Node::start(NodeOpts::default());
+    for bad in ["a\u{1}b", "a\u{7f}b", "a\u{0}b"] {
+        let r = raw_request(
+            node.addr(),
+            "POST",
+            "/runmesh/echo",
+            &[("Content-Type", "application/json"), ("X-Bad", bad)],
+            b"{}",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+        assert_eq!(r.status, 400, "{bad:?}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{bad:?}"
+        );
+        let v = r.json();
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    }
+    assert_healthy(&mut node).await;
+}
