@@ -584,6 +584,22 @@ impl FileSink for Sink {
         .boxed()
     }
 
+    fn room_for(&self, bytes: u64) -> Result<(), String> {
+        let max = self.0.cfg.upload_max_bytes;
+        if bytes > max {
+            return Err(format!(
+                "an output file of {bytes} bytes is larger than this node keeps ({max} bytes, \
+                 --upload-limit-bytes)"
+            ));
+        }
+        match short_of_disk(self.0.blobs.root(), self.0.cfg.disk_free_floor_bytes, bytes) {
+            Some(why) => Err(format!(
+                "an output file of {bytes} bytes was refused. {why}"
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn resolve_input(&self, url: String) -> BoxFuture<'static, Result<PathBuf, String>> {
         let a = self.0.clone();
         async move { a.resolve(url).await }.boxed()

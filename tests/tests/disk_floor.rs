@@ -53,3 +53,46 @@ async fn below_the_disk_floor_uploads_get_507_and_outputs_are_refused() {
         json!({"still": "runs"})
     );
 }
+
+/// A job's output file obeys the upload limit too (`--upload-limit-bytes`): one larger is refused
+/// before a byte of it is written, with the reason; one within it is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_larger_than_the_upload_limit_is_refused_before_it_is_written() {
+    let node = Node::start(NodeOpts {
+        extra_args: vec!["--upload-limit-bytes".into(), "100000".into()],
+        ..NodeOpts::default()
+    });
+    let api = node.api();
+    let big = api
+        .submit("runmesh/noise", &json!({"bytes": 100_001, "seed": 1}))
+        .await;
+    let status = api
+        .wait_status(
+            "runmesh/noise",
+            &big.request_id,
+            true,
+            WAIT,
+            "COMPLETED",
+            |s| s["status"] == "COMPLETED",
+        )
+        .await;
+    let r = api.result("runmesh/noise", &big.request_id).await;
+    assert_ne!(r.status, 200, "an output file was kept: {}", r.text());
+    assert!(
+        r.text().contains("larger than this node keeps"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        !status.to_string().contains("writing 100001 bytes"),
+        "it was written first: {status}"
+    );
+    let small = api
+        .submit("runmesh/noise", &json!({"bytes": 100_000, "seed": 1}))
+        .await;
+    api.wait_completed("runmesh/noise", &small.request_id, WAIT)
+        .await;
+    let r = api.result("runmesh/noise", &small.request_id).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["file"]["file_size"], json!(100_000));
+}

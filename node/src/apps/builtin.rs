@@ -84,6 +84,8 @@ impl App for Noise {
         Box::pin(async move {
             let (n, seed) = Noise::parse(&input)
                 .map_err(|_| AppError::runner("invalid input for runmesh/noise"))?;
+            // The node's file limits hold before a byte is written.
+            ctx.reserve_file(n)?;
             let path = ctx.scratch_path()?;
             ctx.info(format!("writing {n} bytes"));
             let written = path.clone();

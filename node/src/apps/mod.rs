@@ -221,6 +221,10 @@ pub trait FileSink: Send + Sync + 'static {
         content_type: String,
         file_name: String,
     ) -> futures::future::BoxFuture<'static, Result<(FileRef, String), String>>;
+    /// Whether an output file of `bytes` may be kept: no larger than an upload may be
+    /// (`--upload-limit-bytes`), and the disk keeps its free floor after it. `Err` says why not.
+    /// Asked before the file is written, so a refused one never fills the disk.
+    fn room_for(&self, bytes: u64) -> Result<(), String>;
     /// A local file with the bytes an input URL names: one of our `/files/` URLs (fetched from a
     /// peer if need be, no HTTP round trip) or a `data:` URI.
     fn resolve_input(
@@ -280,6 +284,14 @@ impl JobContext {
         self.files
             .as_ref()
             .ok_or_else(|| AppError::new(ErrorType::InternalError, "this node stores no files"))
+    }
+
+    /// Refuses (a runner error saying why) an output file of `bytes` this node would not keep
+    /// ([`FileSink::room_for`]): asked before writing it.
+    pub fn reserve_file(&self, bytes: u64) -> Result<(), AppError> {
+        self.sink()?
+            .room_for(bytes)
+            .map_err(|why| AppError::new(ErrorType::RunnerError, why))
     }
 
     /// A fresh path for a scratch file (the app writes it, then hands it to [`Self::emit_file`]).
