@@ -10,6 +10,7 @@ use axum::response::Response;
 use runmesh_proto::advert::{Liveness, MemberStatus};
 use runmesh_proto::mesh::MemberInfo;
 use runmesh_proto::{AppId, JobState, NodeId, RequestId};
+use runmesh_raft::roster::RosterTable;
 use runmesh_raft::{JobLog, JobRecord};
 use serde_json::{json, Value};
 
@@ -108,8 +109,14 @@ impl RaftMembership {
 }
 
 /// The `/admin/cluster` body: this node, the leader, and every member (Raft members and nodes heard
-/// through gossip) with role, liveness, region, GPUs, load and addresses. Pure, for tests.
-pub fn cluster_json(self_id: NodeId, raft: &RaftMembership, members: &[MemberStatus]) -> Value {
+/// through gossip) with role, liveness, region, GPUs, load, addresses and whether the operator
+/// drains it, and the identities the operator removed. Pure, for tests.
+pub fn cluster_json(
+    self_id: NodeId,
+    raft: &RaftMembership,
+    members: &[MemberStatus],
+    roster: &RosterTable,
+) -> Value {
     let mut ids: BTreeSet<NodeId> = raft.voters.union(&raft.learners).copied().collect();
     ids.extend(members.iter().map(|m| m.advert.raft_node_id));
     ids.insert(self_id);
@@ -130,7 +137,7 @@ pub fn cluster_json(self_id: NodeId, raft: &RaftMembership, members: &[MemberSta
                 .addrs
                 .get(&id)
                 .and_then(|a| MemberInfo::from_addr_string(a));
-            match by_id.get(&id) {
+            let mut row = match by_id.get(&id) {
                 Some(m) => member_json(id, self_id, raft.leader, role, m, info.as_ref()),
                 None => json!({
                     "id": node_name(id),
@@ -154,7 +161,19 @@ pub fn cluster_json(self_id: NodeId, raft: &RaftMembership, members: &[MemberSta
                         "blob": Value::Null,
                     },
                 }),
-            }
+            };
+            row["draining"] = json!(roster.is_draining(id));
+            row
+        })
+        .collect();
+    let removed: Vec<Value> = roster
+        .removed()
+        .iter()
+        .map(|(id, at_ms)| {
+            json!({
+                "id": node_name(*id),
+                "removed_at": runmesh_proto::time::format_timestamp_ms(*at_ms),
+            })
         })
         .collect();
     json!({
@@ -162,6 +181,7 @@ pub fn cluster_json(self_id: NodeId, raft: &RaftMembership, members: &[MemberSta
         "leader": raft.leader.map(node_name),
         "term": raft.term,
         "members": rows,
+        "removed": removed,
     })
 }
 
@@ -229,33 +249,8 @@ pub(crate) async fn cluster(State(state): State<AppState>) -> Response {
         Some(c) => (c.0.self_id(), c.0.members()),
         None => (state.joblog.node_id(), Vec::new()),
     };
-    let mut body = cluster_json(self_id, &raft, &members);
-    add_roster(&mut body, &state.joblog.roster());
+    let body = cluster_json(self_id, &raft, &members, &state.joblog.roster());
     json_response(StatusCode::OK, &body)
-}
-
-/// The operator's decisions in the view: `draining` on each row, and the removed ids.
-pub fn add_roster(body: &mut Value, roster: &runmesh_raft::roster::RosterTable) {
-    if let Some(rows) = body.get_mut("members").and_then(Value::as_array_mut) {
-        for row in rows {
-            let draining = row
-                .get("id")
-                .and_then(Value::as_str)
-                .and_then(|id| id.parse::<NodeId>().ok())
-                .is_some_and(|id| roster.is_draining(id));
-            row["draining"] = json!(draining);
-        }
-    }
-    body["removed"] = roster
-        .removed()
-        .iter()
-        .map(|(id, at_ms)| {
-            json!({
-                "id": node_name(*id),
-                "removed_at": runmesh_proto::time::format_timestamp_ms(*at_ms),
-            })
-        })
-        .collect();
 }
 
 /// The worker a job ran (or runs) on: the current one while running, else the last one assigned.
@@ -352,7 +347,7 @@ mod cluster_tests {
             status(3, Liveness::Suspect),
             status(4, Liveness::Up),
         ];
-        let v = cluster_json(1, &raft, &members);
+        let v = cluster_json(1, &raft, &members, &RosterTable::default());
         assert_eq!(v["node_id"], "1");
         assert_eq!(v["leader"], "1");
         let rows = v["members"].as_array().unwrap();

@@ -34,11 +34,10 @@ pub enum NodeCmd {
 
 pub async fn run(args: NodeCmdArgs) -> Result<(), KeysError> {
     let api = args.conn.connect()?;
-    let (verb, id) = match &args.action {
+    use reqwest::Method;
+    let (method, path, id, what) = match &args.action {
         NodeCmd::List { json } => {
-            let v = api
-                .call(reqwest::Method::GET, "/admin/cluster", None)
-                .await?;
+            let v = api.call(Method::GET, "/admin/cluster", None).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -46,28 +45,32 @@ pub async fn run(args: NodeCmdArgs) -> Result<(), KeysError> {
             }
             return Ok(());
         }
-        NodeCmd::Drain { id } => ("drain", id),
-        NodeCmd::Undrain { id } => ("undrain", id),
-        NodeCmd::Remove { id } => ("remove", id),
-        NodeCmd::Readmit { id } => ("readmit", id),
+        NodeCmd::Drain { id } => (
+            Method::POST,
+            format!("/admin/nodes/{id}/drain"),
+            id,
+            "draining: it gets no new jobs; a voter seat it holds moves to another member",
+        ),
+        NodeCmd::Undrain { id } => (
+            Method::POST,
+            format!("/admin/nodes/{id}/undrain"),
+            id,
+            "no longer draining",
+        ),
+        NodeCmd::Remove { id } => (
+            Method::DELETE,
+            format!("/admin/nodes/{id}"),
+            id,
+            "removed: the leader takes it out of the membership; its joins are refused",
+        ),
+        NodeCmd::Readmit { id } => (
+            Method::POST,
+            format!("/admin/nodes/{id}/readmit"),
+            id,
+            "readmitted: it may join again",
+        ),
     };
-    let v: Value = if verb == "remove" {
-        api.call(reqwest::Method::DELETE, &format!("/admin/nodes/{id}"), None)
-            .await?
-    } else {
-        api.call(
-            reqwest::Method::POST,
-            &format!("/admin/nodes/{id}/{verb}"),
-            None,
-        )
-        .await?
-    };
-    let what = match verb {
-        "drain" => "draining: it gets no new jobs; a voter seat it holds moves to another member",
-        "undrain" => "no longer draining",
-        "remove" => "removed: the leader takes it out of the membership; its joins are refused",
-        _ => "readmitted: it may join again",
-    };
+    let v: Value = api.call(method, &path, None).await?;
     let already = if v["changed"].as_bool() == Some(false) {
         " (already so)"
     } else {

@@ -586,10 +586,10 @@ impl Dispatcher {
             // Held: looked at again on the next poll tick.
             return false;
         }
-        let roster = self.joblog.roster();
         let mut adverts = self.mesh.up_adverts();
         // Drained nodes finish what they run and get nothing new.
-        adverts.retain(|a| !roster.takes_no_jobs(a.raft_node_id));
+        self.joblog
+            .read_state(|s| adverts.retain(|a| !s.roster.takes_no_jobs(a.raft_node_id)));
         let members = runmesh_gateway_node::RaftMembership::read(&self.joblog);
         let voters_and_learners: BTreeSet<NodeId> =
             members.voters.union(&members.learners).copied().collect();

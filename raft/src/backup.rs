@@ -85,24 +85,18 @@ impl Backup {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, BackupError> {
-        // The magic comes first (a length-prefixed string): check it before the rest.
+        // The magic and the version come first: checked before the rest, so a wrong or newer
+        // file is named as such whatever follows.
         let header = bincode::config::standard().with_limit::<1024>();
-        let magic: Result<(String, usize), _> = bincode::serde::decode_from_slice(bytes, header);
-        match magic {
-            Ok((m, _)) if m == MAGIC => {}
-            _ => return Err(BackupError::NotABackup("no runmesh-backup header".into())),
+        match bincode::serde::decode_from_slice::<(String, u32), _>(bytes, header) {
+            Ok(((magic, _), _)) if magic != MAGIC => {
+                return Err(BackupError::NotABackup("no runmesh-backup header".into()))
+            }
+            Ok(((_, version), _)) if version > VERSION => return Err(BackupError::Newer(version)),
+            Ok(_) => {}
+            Err(_) => return Err(BackupError::NotABackup("no runmesh-backup header".into())),
         }
-        let b: Backup =
-            codec::decode(bytes).map_err(|e| {
-                match bincode::serde::decode_from_slice::<(String, u32), _>(bytes, header) {
-                    Ok(((_, v), _)) if v > VERSION => BackupError::Newer(v),
-                    _ => BackupError::NotABackup(e.to_string()),
-                }
-            })?;
-        if b.version > VERSION {
-            return Err(BackupError::Newer(b.version));
-        }
-        Ok(b)
+        codec::decode(bytes).map_err(|e| BackupError::NotABackup(e.to_string()))
     }
 
     /// The state it holds, decoded (checks the backup is whole).

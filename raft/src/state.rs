@@ -120,33 +120,36 @@ impl ClusterState {
     /// Reads every layout, newest first (the codec refuses trailing and missing bytes, so only the
     /// right one decodes).
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
-        let snap: StateSnapshot = match codec::decode(bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                if let Ok(v2) = codec::decode::<StateSnapshotV2>(bytes) {
-                    StateSnapshot {
-                        jobs: v2.jobs,
-                        keys: v2.keys,
-                        webhooks: v2.webhooks,
-                        idempotency: v2.idempotency,
-                        roster: RosterTable::default().to_snapshot_bytes()?,
-                    }
-                } else if let Ok(v1) = codec::decode::<StateSnapshotV1>(bytes) {
-                    return Ok(Self {
-                        jobs: JobTable::from_snapshot_bytes(&v1.jobs)?,
-                        ..Self::default()
-                    });
-                } else {
-                    return Err(e);
-                }
+        let (snap, roster) = match codec::decode::<StateSnapshot>(bytes) {
+            Ok(s) => {
+                let roster = RosterTable::from_snapshot_bytes(&s.roster)?;
+                let older = StateSnapshotV2 {
+                    jobs: s.jobs,
+                    keys: s.keys,
+                    webhooks: s.webhooks,
+                    idempotency: s.idempotency,
+                };
+                (older, roster)
             }
+            Err(e) => match codec::decode::<StateSnapshotV2>(bytes) {
+                Ok(v2) => (v2, RosterTable::default()),
+                Err(_) => match codec::decode::<StateSnapshotV1>(bytes) {
+                    Ok(v1) => {
+                        return Ok(Self {
+                            jobs: JobTable::from_snapshot_bytes(&v1.jobs)?,
+                            ..Self::default()
+                        })
+                    }
+                    Err(_) => return Err(e),
+                },
+            },
         };
         Ok(Self {
             jobs: JobTable::from_snapshot_bytes(&snap.jobs)?,
             keys: KeyTable::from_snapshot_bytes(&snap.keys)?,
             webhooks: WebhookTable::from_snapshot_bytes(&snap.webhooks)?,
             idempotency: IdempotencyTable::from_snapshot_bytes(&snap.idempotency)?,
-            roster: RosterTable::from_snapshot_bytes(&snap.roster)?,
+            roster,
         })
     }
 }

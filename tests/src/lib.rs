@@ -104,29 +104,9 @@ fn build_runmesh(profile_dir: &Path, bin: &Path, force: bool) {
 /// A port that was free a moment ago on 127.0.0.1 (the OS picks it).
 /// Runs `runmesh dev` on `data_dir` and expects it to refuse: returns its stderr.
 pub fn refused_start(data_dir: &Path) -> String {
-    let mut child = Command::new(runmesh_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn runmesh");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-            assert!(!status.success(), "started anyway: {stderr}");
-            return stderr;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node started on a data dir it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (ok, stderr) = run_dev_to_exit(data_dir, &[]);
+    assert!(!ok, "started anyway: {stderr}");
+    stderr
 }
 
 /// Runs `runmesh dev` on `data_dir` with `args` (a free HTTP port added) until it exits by itself
@@ -139,6 +119,8 @@ pub fn run_dev_to_exit(data_dir: &Path, args: &[String]) -> (bool, String) {
         .arg("--http")
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(args)
+        // Errors and warnings only: stderr is read once the node exits, so it must fit the pipe.
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -303,7 +303,7 @@ async fn admit_at_leader(
     observed_ip: IpAddr,
 ) -> JoinReply {
     let node_id = node_id_from_public_key(&client_pk);
-    if joblog.roster().is_removed(node_id) {
+    if joblog.read_state(|s| s.roster.is_removed(node_id)) {
         warn!(node = node_id, ip = %observed_ip, "refused a join: this node was removed from the cluster");
         return refused(&format!(
             "node {node_id} was removed from the cluster; an admin readmits it with \

@@ -264,7 +264,7 @@ async fn run_controller(
                     silent_ms,
                     caught_up,
                     region: MemberInfo::from_addr_string(&m.addr).and_then(|info| info.region),
-                    draining: roster.is_draining(m.id) || roster.is_removed(m.id),
+                    draining: roster.takes_no_jobs(m.id),
                 }
             })
             .collect();
